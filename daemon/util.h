@@ -1,0 +1,35 @@
+/* util.h - allocation, time and hex helpers shared by every subsystem. */
+#ifndef GRIDD_UTIL_H
+#define GRIDD_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WUR __attribute__((warn_unused_result))
+#define PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define UNUSED(x) ((void)(x))
+
+/* Allocation failure is not a recoverable condition for a daemon that sizes
+ * its own limits; these abort with a message instead of returning NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+void *xreallocarray(void *p, size_t n, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Wall clock (for timestamps on the wire) and monotonic clock (for timers). */
+int64_t now_ms(void);
+int64_t mono_ms(void);
+
+/* out must hold 2*n+1 bytes; always NUL-terminated. */
+void hex_encode(const uint8_t *in, size_t n, char *out);
+/* Decodes exactly 2*n hex digits; false on any other length or digit. */
+bool hex_decode(const char *in, uint8_t *out, size_t n) WUR;
+
+/* Constant-time comparison for secrets and their hashes. */
+bool ct_equal(const void *a, const void *b, size_t n) WUR;
+
+#endif
