@@ -1,0 +1,116 @@
+/* db.h - the only door to PostgreSQL: an asynchronous libpq pool on the loop. */
+#ifndef GRIDD_DB_H
+#define GRIDD_DB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct event_base;
+struct db_pool;
+struct db_res;
+struct db_batch;
+
+enum db_status {
+	DB_OK = 0,
+	DB_SQL_ERROR,		/* the server refused the statement (sqlstate) */
+	DB_UNAVAILABLE,		/* no connection, lost connection, shutting down */
+	DB_TIMEOUT,		/* no answer within query_timeout_ms */
+};
+
+struct db_pool_opts {
+	const char *conninfo;
+	int pool_size;
+	int query_timeout_ms;
+	int max_waiting;
+	int reconnect_max_ms;
+	const char *application_name;
+};
+
+struct db_stats {
+	int size;
+	int connected;
+	int busy;
+	int waiting;
+	uint64_t queries;
+	uint64_t errors;
+	uint64_t timeouts;
+	uint64_t reconnects;
+};
+
+/* One statement's result; valid only inside the callback that receives it. */
+typedef void (*db_cb)(void *arg, const struct db_res *res);
+/* A batch's results, one per statement added, in order (BEGIN/COMMIT not
+ * included). status is DB_OK only when the transaction committed. */
+typedef void (*db_batch_cb)(void *arg, enum db_status status,
+    const struct db_res *const *results, int n);
+typedef void (*db_notify_cb)(void *arg, const char *channel,
+    const char *payload);
+
+/* Validates conninfo and starts connecting pool_size connections; NULL with
+ * *err set (static string) on a bad conninfo. Never blocks. */
+struct db_pool *db_pool_new(struct event_base *base,
+    const struct db_pool_opts *opts, const char **err) WUR;
+/* Applies new timeouts and limits; a changed conninfo or pool_size takes
+ * effect as connections are recycled. */
+void db_pool_reconfigure(struct db_pool *pool, const struct db_pool_opts *opts);
+/* Fails every queued and in-flight statement with DB_UNAVAILABLE (their
+ * callbacks run before this returns) and frees the pool. */
+void db_pool_free(struct db_pool *pool);
+/* Number of statements and batches queued or in flight. */
+int db_pool_pending(const struct db_pool *pool);
+bool db_pool_connected(const struct db_pool *pool);
+void db_pool_stats(const struct db_pool *pool, struct db_stats *out);
+
+/* Runs one parameterised statement (text format, NULL = SQL NULL). Returns
+ * false when it cannot be queued (wait queue full, pool stopping): the caller
+ * answers UNAVAILABLE at once. Otherwise cb runs exactly once, later, from
+ * the loop, never from inside this call. */
+bool db_query(struct db_pool *pool, const char *sql, int nparams,
+    const char *const *params, db_cb cb, void *arg) WUR;
+
+/* Statements sent together in pipeline mode on one connection, wrapped in
+ * BEGIN/COMMIT: one round trip and one commit for the lot. */
+struct db_batch *db_batch_new(void);
+/* Copies sql and params. */
+void db_batch_add(struct db_batch *b, const char *sql, int nparams,
+    const char *const *params);
+int db_batch_count(const struct db_batch *b);
+void db_batch_free(struct db_batch *b);
+/* Takes ownership of b in every case. Same queueing rules as db_query. */
+bool db_batch_submit(struct db_pool *pool, struct db_batch *b,
+    db_batch_cb cb, void *arg) WUR;
+
+/* LISTEN on a dedicated connection, re-issued after every reconnect. */
+bool db_listen(struct db_pool *pool, const char *channel, db_notify_cb cb,
+    void *arg) WUR;
+
+enum db_status db_res_status(const struct db_res *r);
+const char *db_res_error(const struct db_res *r);	/* "" when none */
+const char *db_res_sqlstate(const struct db_res *r);	/* "" when none */
+int db_res_rows(const struct db_res *r);
+int db_res_cols(const struct db_res *r);
+const char *db_res_get(const struct db_res *r, int row, int col);
+bool db_res_isnull(const struct db_res *r, int row, int col);
+bool db_res_int64(const struct db_res *r, int row, int col, int64_t *out) WUR;
+bool db_res_double(const struct db_res *r, int row, int col, double *out) WUR;
+uint64_t db_res_affected(const struct db_res *r);
+
+/* Blocking session for start-up work (migrations) before the loop serves
+ * anyone, and for tools. Never used from a loop callback. */
+struct db_sync;
+struct db_sync *db_sync_connect(const char *conninfo, int timeout_s,
+    char *err, size_t errlen) WUR;
+/* Simple-query protocol: sql may hold several statements (a migration file).
+ * false with err filled on failure. */
+bool db_sync_exec(struct db_sync *s, const char *sql, char *err,
+    size_t errlen) WUR;
+/* One parameterised statement; *out_value gets a malloc'd copy of row 0
+ * column 0 (NULL when no row or NULL). */
+bool db_sync_query1(struct db_sync *s, const char *sql, int nparams,
+    const char *const *params, char **out_value, char *err,
+    size_t errlen) WUR;
+void db_sync_close(struct db_sync *s);
+
+#endif
