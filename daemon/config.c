@@ -797,13 +797,10 @@ cmp_id(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* qsort with a NULL base is undefined even for zero elements, and empty
- * lists are common here. */
 static void
 sort_by_id(void *base, size_t n, size_t size)
 {
-	if (n > 1)
-		qsort(base, n, size, cmp_id);
+	xqsort(base, n, size, cmp_id);
 }
 
 static void
@@ -1564,21 +1561,21 @@ cfg_warn_restart_only(const struct cfg *old, const struct cfg *new)
 const struct cfg_department *
 cfg_department(const struct cfg *cfg, const char *id)
 {
-	return bsearch(&id, cfg->departments, cfg->n_departments,
+	return xbsearch(&id, cfg->departments, cfg->n_departments,
 	    sizeof(*cfg->departments), cmp_id);
 }
 
 const struct cfg_admin *
 cfg_admin(const struct cfg *cfg, const char *id)
 {
-	return bsearch(&id, cfg->admins, cfg->n_admins, sizeof(*cfg->admins),
+	return xbsearch(&id, cfg->admins, cfg->n_admins, sizeof(*cfg->admins),
 	    cmp_id);
 }
 
 const struct cfg_task_type *
 cfg_task_type(const struct cfg *cfg, const char *name)
 {
-	return bsearch(&name, cfg->task_types, cfg->n_task_types,
+	return xbsearch(&name, cfg->task_types, cfg->n_task_types,
 	    sizeof(*cfg->task_types), cmp_id);
 }
 
@@ -1587,7 +1584,7 @@ cfg_category(const struct cfg_department *dept, const char *code)
 {
 	const struct cfg_category *c;
 
-	c = bsearch(&code, dept->categories, dept->n_categories,
+	c = xbsearch(&code, dept->categories, dept->n_categories,
 	    sizeof(*dept->categories), cmp_id);
 	return c ? c->task_type : NULL;
 }
@@ -1597,7 +1594,7 @@ cfg_grid_for(const struct cfg *cfg, const char *community_id)
 {
 	const struct cfg_community *c;
 
-	c = bsearch(&community_id, cfg->communities, cfg->n_communities,
+	c = xbsearch(&community_id, cfg->communities, cfg->n_communities,
 	    sizeof(*cfg->communities), cmp_id);
 	return c ? &c->grid : &cfg->grid;
 }

@@ -123,7 +123,7 @@ list_migrations(const char *dir, int *count)
 	}
 	closedir(d);
 	if (ok && n > 0)
-		qsort(list, (size_t)n, sizeof(*list), cmp_version);
+		xqsort(list, (size_t)n, sizeof(*list), cmp_version);
 	/* Two files with one number: which one ran is unknowable later. */
 	for (int i = 1; ok && i < n; i++) {
 		if (list[i].version == list[i - 1].version) {

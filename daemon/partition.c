@@ -274,7 +274,7 @@ cell_members(struct ctx *x, int32_t c, int32_t *out)
 
 	for (int32_t u = x->cell[c].head; u >= 0; u = x->next[u])
 		out[m++] = u;
-	qsort(out, (size_t)m, sizeof(*out), cmp_i32);
+	xqsort(out, (size_t)m, sizeof(*out), cmp_i32);
 	return m;
 }
 
@@ -701,7 +701,7 @@ move_out(struct ctx *x, int32_t c)
 				    dv, u, d);
 		}
 	}
-	qsort(x->cand, x->ncand, sizeof(*x->cand), cand_cmp);
+	xqsort(x->cand, x->ncand, sizeof(*x->cand), cand_cmp);
 	for (size_t i = 0; i < x->ncand; i++) {
 		if (i > 0 && x->cand[i].u == x->cand[i - 1].u)
 			continue;	/* same building, already refused */
@@ -746,7 +746,7 @@ move_in(struct ctx *x, int32_t c)
 				    dv, u, c);
 		}
 	}
-	qsort(x->cand, x->ncand, sizeof(*x->cand), cand_cmp);
+	xqsort(x->cand, x->ncand, sizeof(*x->cand), cand_cmp);
 	for (size_t i = 0; i < x->ncand; i++) {
 		if (i > 0 && x->cand[i].u == x->cand[i - 1].u)
 			continue;
@@ -878,7 +878,7 @@ resplit_pair(struct ctx *x, int32_t c)
 			}
 			ds[nd++] = d;
 		}
-	qsort(ds, (size_t)nd, sizeof(*ds), cmp_i32);
+	xqsort(ds, (size_t)nd, sizeof(*ds), cmp_i32);
 	for (int32_t i = 0; i < nd; i++) {
 		int32_t d = ds[i], k, nsub;
 		int64_t oldv, newv = 0, *hs;
@@ -891,7 +891,7 @@ resplit_pair(struct ctx *x, int32_t c)
 		    x->cell[d].nb), sizeof(*mem));
 		m = cell_members(x, c, mem);
 		m += cell_members(x, d, mem + m);
-		qsort(mem, (size_t)m, sizeof(*mem), cmp_i32);
+		xqsort(mem, (size_t)m, sizeof(*mem), cmp_i32);
 		k = choose_k(&x->p, x->cell[c].hh + x->cell[d].hh, &indiv);
 		nsub = bisect(x, mem, m, k);
 		hs = xcalloc((size_t)nsub, sizeof(*hs));
@@ -914,7 +914,7 @@ resplit_pair(struct ctx *x, int32_t c)
 		    x->cell[d].nb), sizeof(*mem));
 		m = cell_members(x, c, mem);
 		m += cell_members(x, d, mem + m);
-		qsort(mem, (size_t)m, sizeof(*mem), cmp_i32);
+		xqsort(mem, (size_t)m, sizeof(*mem), cmp_i32);
 		k = choose_k(&x->p, x->cell[c].hh + x->cell[d].hh, &indiv);
 		nsub = bisect(x, mem, m, k);
 		map = xcalloc((size_t)nsub, sizeof(*map));
@@ -1215,7 +1215,7 @@ build_graph(struct ctx *x, const struct part_input *in)
 		for (int32_t i = 0; i < n; i++) {
 			int32_t lo = x->off[i], hi = x->off[i + 1];
 
-			qsort(x->adj + lo, (size_t)(hi - lo), sizeof(*x->adj),
+			xqsort(x->adj + lo, (size_t)(hi - lo), sizeof(*x->adj),
 			    cmp_i32);
 			x->off[i] = w;
 			for (int32_t e = lo; e < hi; e++)
@@ -1573,7 +1573,7 @@ start_prev(struct ctx *x, const int32_t *pl)
 		}
 		pc[npc++] = r;
 	}
-	qsort(pc, (size_t)npc, sizeof(*pc), pcomp_cmp);
+	xqsort(pc, (size_t)npc, sizeof(*pc), pcomp_cmp);
 	cellof = xreallocarray(NULL, (size_t)npc + 1, sizeof(*cellof));
 	for (int32_t i = 0; i < npc; i++) {
 		bool first = i == 0 || pc[i].zone != pc[i - 1].zone ||
@@ -1785,7 +1785,7 @@ finish(struct ctx *x, const struct part_input *in, const int32_t *pl,
 			if (pl[u] >= 0)
 				ov[nov++] = (struct ov){ dense[x->label[u]],
 				    pl[u], 1 };
-		qsort(ov, (size_t)nov, sizeof(*ov), ov_key_cmp);
+		xqsort(ov, (size_t)nov, sizeof(*ov), ov_key_cmp);
 		for (int32_t i = 0; i < nov; i++) {
 			if (m > 0 && ov[m - 1].cell == ov[i].cell &&
 			    ov[m - 1].pl == ov[i].pl)
@@ -1793,7 +1793,7 @@ finish(struct ctx *x, const struct part_input *in, const int32_t *pl,
 			else
 				ov[m++] = ov[i];
 		}
-		qsort(ov, (size_t)m, sizeof(*ov), ov_rank_cmp);
+		xqsort(ov, (size_t)m, sizeof(*ov), ov_rank_cmp);
 		for (int32_t i = 0; i < m; i++) {
 			if (cells[ov[i].cell].prev >= 0 || taken[ov[i].pl])
 				continue;
@@ -1808,7 +1808,7 @@ finish(struct ctx *x, const struct part_input *in, const int32_t *pl,
 	ord = xreallocarray(NULL, (size_t)k + 1, sizeof(*ord));
 	for (int32_t c = 0; c < k; c++)
 		ord[c] = (struct ord){ &cells[c], c, first[c] };
-	qsort(ord, (size_t)k, sizeof(*ord), ord_cmp);
+	xqsort(ord, (size_t)k, sizeof(*ord), ord_cmp);
 	neworder = xreallocarray(NULL, (size_t)k + 1, sizeof(*neworder));
 	out->cells = xcalloc((size_t)k + 1, sizeof(*out->cells));
 	for (int32_t i = 0; i < k; i++) {
@@ -1851,7 +1851,7 @@ finish(struct ctx *x, const struct part_input *in, const int32_t *pl,
 				r->out_of_bounds++;
 		}
 		if (nh > 0) {
-			qsort(hs, (size_t)nh, sizeof(*hs), i64_cmp);
+			xqsort(hs, (size_t)nh, sizeof(*hs), i64_cmp);
 			r->hh_min = hs[0];
 			r->hh_median = hs[(nh - 1) / 2];
 			r->hh_max = hs[nh - 1];
@@ -1968,7 +1968,7 @@ part_run(const struct part_input *in, struct part_result *out, char *err,
 				m++;
 			}
 		}
-		qsort(pv, (size_t)m, sizeof(*pv), pv_cmp);
+		xqsort(pv, (size_t)m, sizeof(*pv), pv_cmp);
 		for (int32_t i = 0; i < m; i++) {
 			if (i == 0 || pv[i][0] != pv[i - 1][0])
 				plval[npl++] = pv[i][0];

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define WUR __attribute__((warn_unused_result))
 #define PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
@@ -28,6 +29,23 @@ int64_t mono_ms(void);
 void hex_encode(const uint8_t *in, size_t n, char *out);
 /* Decodes exactly 2*n hex digits; false on any other length or digit. */
 bool hex_decode(const char *in, uint8_t *out, size_t n) WUR;
+
+/* qsort and bsearch with a NULL base are undefined even for zero elements
+ * (UBSan's nonnull check), and empty arrays are common: use these. */
+static inline void
+xqsort(void *base, size_t n, size_t size, int (*cmp)(const void *,
+    const void *))
+{
+	if (n > 1)
+		qsort(base, n, size, cmp);
+}
+
+static inline void *
+xbsearch(const void *key, const void *base, size_t n, size_t size,
+    int (*cmp)(const void *, const void *))
+{
+	return n > 0 ? bsearch(key, base, n, size, cmp) : NULL;
+}
 
 /* Constant-time comparison for secrets and their hashes. */
 bool ct_equal(const void *a, const void *b, size_t n) WUR;
