@@ -44,6 +44,7 @@
 struct conn {
 	TAILQ_ENTRY(conn) all;
 	TAILQ_ENTRY(conn) reap;
+	LIST_ENTRY(conn) by_principal;	/* while authenticated */
 	uint64_t id;
 	enum conn_state state;
 	enum conn_role role;
@@ -68,6 +69,16 @@ struct conn {
 TAILQ_HEAD(conn_list, conn);
 
 static struct conn_list conns = TAILQ_HEAD_INITIALIZER(conns);
+
+/*
+ * Authenticated connections by (role, principal), so that a push for one
+ * worker or department finds its connections without a scan. A fixed
+ * power-of-two table: 64 Ki buckets cost 512 KiB once and keep chains short
+ * up to the connection counts one process can hold.
+ */
+#define CONN_INDEX_BUCKETS 65536
+LIST_HEAD(conn_chain, conn);
+static struct conn_chain principal_index[CONN_INDEX_BUCKETS];
 static struct conn_list reap_list = TAILQ_HEAD_INITIALIZER(reap_list);
 static struct event *reap_ev;
 static uint64_t next_id;
@@ -132,6 +143,21 @@ conn_set_read_limit(struct conn *c)
 	bufferevent_setwatermark(c->bev, EV_READ, 0, c->read_hiwat);
 }
 
+static struct conn_chain *
+index_chain(enum conn_role role, const char *principal)
+{
+	/* FNV-1a over the role and the principal. */
+	uint32_t h = 2166136261u ^ (uint32_t)role;
+
+	h *= 16777619u;
+	for (const unsigned char *p = (const unsigned char *)principal; *p;
+	    p++) {
+		h ^= *p;
+		h *= 16777619u;
+	}
+	return &principal_index[h & (CONN_INDEX_BUCKETS - 1)];
+}
+
 /* The only place a connection changes state. */
 static void
 conn_set_state(struct conn *c, enum conn_state to)
@@ -142,10 +168,15 @@ conn_set_state(struct conn *c, enum conn_state to)
 		return;
 	stats.by_state[from]--;
 	stats.by_state[to]++;
-	if (from == CONN_AUTHENTICATED)
+	if (from == CONN_AUTHENTICATED) {
 		stats.by_role[c->role]--;
-	if (to == CONN_AUTHENTICATED)
+		LIST_REMOVE(c, by_principal);
+	}
+	if (to == CONN_AUTHENTICATED) {
 		stats.by_role[c->role]++;
+		LIST_INSERT_HEAD(index_chain(c->role, c->principal), c,
+		    by_principal);
+	}
 	c->state = to;
 	log_debug("%s state %s -> %s", c->prefix, state_names[from],
 	    state_names[to]);
@@ -241,8 +272,10 @@ conn_free(struct conn *c)
 	if (c->queued)
 		TAILQ_REMOVE(&reap_list, c, reap);
 	stats.by_state[c->state]--;
-	if (c->state == CONN_AUTHENTICATED)
+	if (c->state == CONN_AUTHENTICATED) {
 		stats.by_role[c->role]--;
+		LIST_REMOVE(c, by_principal);
+	}
 	stats.current--;
 	log_debug("%s freed", c->prefix);
 	if (c->tls) {
@@ -627,6 +660,26 @@ conn_authenticated(struct conn *c, enum conn_role role, const char *principal)
 	conn_set_prefix(c);
 	conn_set_state(c, CONN_AUTHENTICATED);
 	conn_arm_timer(c);
+}
+
+size_t
+conn_foreach_principal(enum conn_role role, const char *principal,
+    conn_visit_cb fn, void *arg)
+{
+	struct conn *c, *next;
+	size_t n = 0;
+
+	/* fn may close c, which keeps it on the chain until it is freed
+	 * after the loop turn; taking next first is still the safe order. */
+	for (c = LIST_FIRST(index_chain(role, principal)); c != NULL;
+	    c = next) {
+		next = LIST_NEXT(c, by_principal);
+		if (c->role == role && strcmp(c->principal, principal) == 0) {
+			fn(c, arg);
+			n++;
+		}
+	}
+	return n;
 }
 
 void

@@ -81,6 +81,12 @@ void conn_authenticated(struct conn *c, enum conn_role role,
 /* A connection with work in flight (database, hashing) is held: it is not
  * freed until released, though it may be closing meanwhile. */
 void conn_hold(struct conn *c);
+/* Visits every authenticated connection of one principal (a worker may have
+ * a phone and a tablet). fn may send or close, never free. Returns the
+ * number visited. */
+typedef void (*conn_visit_cb)(struct conn *c, void *arg);
+size_t conn_foreach_principal(enum conn_role role, const char *principal,
+    conn_visit_cb fn, void *arg);
 void conn_release(struct conn *c);
 
 bool conn_is_open(const struct conn *c);
