@@ -1,0 +1,874 @@
+/* feed.c - PushIncidents and ReportIncident: ingest with group commit. */
+
+/*
+ * Life of a push.
+ *
+ * The handler validates and classifies every item in C (triage.c: bounds,
+ * the department's crosswalk, the four lists), folds repeats of an ext_id
+ * within the request onto their first occurrence, and turns the survivors
+ * into the parallel arrays of one gridd_feed_push() call (003_feed.sql),
+ * which locates, deduplicates, merges, creates, emits events, arms SLA
+ * timers and notifies dispatch, set-based, in one statement per request.
+ *
+ * Group commit.  At most one ingest transaction per process is in flight.
+ * Requests that arrive meanwhile wait in a FIFO; when the transaction ends,
+ * as many of them as fit in group_commit_max_items go together as one
+ * pipelined batch (BEGIN, one statement per request, COMMIT): one round
+ * trip and one WAL flush for all of them.  One in flight keeps merges
+ * within a process strictly ordered (a later request sees every earlier
+ * incident); processes sharing a database serialise merges with advisory
+ * locks in the SQL.
+ *
+ * Durability point.  A request's reply is built only in the batch callback,
+ * and db.c reports DB_OK there only after COMMIT succeeded, i.e. after
+ * PostgreSQL flushed the WAL (synchronous_commit on).  Nothing is answered
+ * from a transaction that might still roll back.  When the database fails
+ * (connection lost, timeout) the batch may or may not have committed: the
+ * requests get UNAVAILABLE, and a client that pushes again gets DUPLICATE
+ * for whatever did commit, with the incident id of the first answer.
+ *
+ * When a statement of a group fails for its data, PostgreSQL aborts the
+ * whole transaction; each request of the group is then retried alone, so
+ * one bad request (or a deadlock with another process) costs the others a
+ * retry, not an error.
+ */
+#include "feed.h"
+
+#include <sys/queue.h>
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "conn.h"
+#include "db.h"
+#include "gridd.h"
+#include "log.h"
+#include "metrics.h"
+#include "rpc.h"
+#include "triage.h"
+
+enum fp {
+	FP_KIND, FP_SOURCE, FP_RADIUS, FP_WINDOW,
+	FP_EXT, FP_CAT, FP_TT, FP_LIST, FP_MATTER, FP_ROUTE, FP_SLA, FP_NOTE,
+	FP_SEV, FP_OCC, FP_LON, FP_LAT, FP_CODE, FP_BLDG, FP_ADDR, FP_DESC,
+	FP_REJ_EXT, FP_REJ_CAT, FP_REJ_TT, FP_REJ_REASON,
+	FP_N
+};
+
+static const char feed_sql[] =
+    "SELECT ord, outcome, incident_id, cell_id FROM gridd_feed_push("
+    "$1, $2, $3::float8, $4::int, $5::text[], $6::text[], $7::text[],"
+    " $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],"
+    " $13::int[], $14::bigint[], $15::float8[], $16::float8[],"
+    " $17::text[], $18::text[], $19::text[], $20::text[],"
+    " $21::text[], $22::text[], $23::text[], $24::text[])";
+
+/* A request retried alone that still meets a deadlock, a serialisation
+ * failure or a unique violation (another process storing the same ext_id
+ * at the same moment) goes again this many times; the retry then sees the
+ * other transaction's rows and answers DUPLICATE or MERGED. */
+#define FEED_CONFLICT_RETRIES 3
+
+/* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
+enum feed_count {
+	FC_ACCEPTED,
+	FC_MERGED,
+	FC_DUPLICATE,
+	FC_REJ_INVALID,
+	FC_REJ_UNKNOWN_CATEGORY,
+	FC_REJ_NEGATIVE_LIST,
+	FC_REJ_OUTSIDE,
+	FC_N
+};
+
+static const char *const count_labels[FC_N] = {
+	"outcome=\"accepted\"",
+	"outcome=\"merged\"",
+	"outcome=\"duplicate\"",
+	"outcome=\"rejected\",reason=\"invalid\"",
+	"outcome=\"rejected\",reason=\"unknown_category\"",
+	"outcome=\"rejected\",reason=\"negative_list\"",
+	"outcome=\"rejected\",reason=\"outside\"",
+};
+
+/* Size histograms: batch items and group-commit sizes. */
+#define SIZE_BUCKETS 7
+static const double size_bounds[SIZE_BUCKETS] = {
+	1, 10, 100, 1000, 5000, 20000, 100000,
+};
+
+struct size_hist {
+	uint64_t counts[SIZE_BUCKETS + 1];
+	uint64_t count;
+	double sum;
+};
+
+/* One item's answer. */
+struct feed_res {
+	Gridd__V1__PushResult__Outcome outcome;
+	Gridd__V1__ErrorCode error;
+	int list, matter;	/* wire enums; 0 = unknown */
+	enum feed_count counted;
+	uint64_t incident_id;
+	char *ext_id;		/* echo; "" when the pushed one was not valid */
+	char *task_type;
+	char *cell_id;
+	char *message;
+	char *code;		/* grid code / building for a not-found message */
+	double lon, lat;
+	bool has_point;
+	int dup_of;		/* earlier item with the same ext_id, or -1 */
+	int sql_ord;		/* 1-based row in the statement, 0 = not sent */
+};
+
+struct feed_req {
+	TAILQ_ENTRY(feed_req) entry;
+	struct conn *c;
+	uint64_t request_id;
+	bool from_worker;
+	bool solo;		/* retried alone after its group failed */
+	int retries;		/* alone, after a conflict with another process */
+	char source[CONN_PRINCIPAL_MAX + 1];
+	size_t n;
+	size_t n_sql;
+	struct feed_res *res;
+	char *params[FP_N];
+	int64_t started;	/* mono_ms */
+};
+
+TAILQ_HEAD(feed_queue, feed_req);
+
+struct feed_group {
+	struct feed_req **reqs;
+	size_t n;
+	size_t items;
+	int64_t started;
+};
+
+static struct {
+	struct feed_queue queue;
+	size_t queued_items;
+	bool inflight;
+	uint64_t counts[FC_N];
+	uint64_t groups;
+	uint64_t group_retries;
+	uint64_t busy;		/* pushes refused: queue full */
+	uint64_t db_failures;
+	struct size_hist batch_items;
+	struct size_hist group_reqs;
+	struct size_hist group_items;
+	struct metrics_hist commit_ms;
+} fq = {
+	.queue = TAILQ_HEAD_INITIALIZER(fq.queue),
+};
+
+static void feed_flush(void);
+
+/* ---- a growable string for array literals ------------------------------ */
+
+struct sbuf {
+	char *p;
+	size_t len, cap;
+};
+
+static void
+sb_need(struct sbuf *b, size_t more)
+{
+	if (b->len + more + 1 <= b->cap)
+		return;
+	while (b->len + more + 1 > b->cap)
+		b->cap = b->cap ? b->cap * 2 : 256;
+	b->p = xrealloc(b->p, b->cap);
+}
+
+static void
+sb_putc(struct sbuf *b, char ch)
+{
+	sb_need(b, 1);
+	b->p[b->len++] = ch;
+	b->p[b->len] = '\0';
+}
+
+static void
+sb_sep(struct sbuf *b)
+{
+	if (b->len > 1)
+		sb_putc(b, ',');
+}
+
+/* One quoted element of an array literal; NULL is SQL NULL. Inside double
+ * quotes only the backslash and the quote need escaping. */
+static void
+sb_elem_str(struct sbuf *b, const char *s)
+{
+	sb_sep(b);
+	if (s == NULL) {
+		sb_need(b, 4);
+		memcpy(b->p + b->len, "NULL", 5);
+		b->len += 4;
+		return;
+	}
+	sb_need(b, 2 * strlen(s) + 2);
+	b->p[b->len++] = '"';
+	for (; *s != '\0'; s++) {
+		if (*s == '"' || *s == '\\')
+			b->p[b->len++] = '\\';
+		b->p[b->len++] = *s;
+	}
+	b->p[b->len++] = '"';
+	b->p[b->len] = '\0';
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static void
+size_observe(struct size_hist *h, double v)
+{
+	size_t i;
+
+	for (i = 0; i < SIZE_BUCKETS && v > size_bounds[i]; i++)
+		;
+	h->counts[i]++;
+	h->count++;
+	h->sum += v;
+}
+
+static void
+req_free(struct feed_req *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		free(r->res[i].ext_id);
+		free(r->res[i].task_type);
+		free(r->res[i].cell_id);
+		free(r->res[i].message);
+		free(r->res[i].code);
+	}
+	free(r->res);
+	for (int i = 0; i < FP_N; i++)
+		free(r->params[i]);
+	conn_release(r->c);
+	free(r);
+}
+
+static void PRINTF_LIKE(4, 5)
+res_reject(struct feed_res *res, Gridd__V1__ErrorCode code,
+    enum feed_count counted, const char *fmt, ...)
+{
+	char msg[TRIAGE_MSG_MAX + 64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	res->outcome = GRIDD__V1__PUSH_RESULT__OUTCOME__REJECTED;
+	res->error = code;
+	res->counted = counted;
+	free(res->message);
+	res->message = xstrdup(msg);
+}
+
+/* The reply, in request order; then the per-batch log line. */
+static void
+req_answer(struct feed_req *r)
+{
+	Gridd__V1__Envelope env = GRIDD__V1__ENVELOPE__INIT;
+	Gridd__V1__PushIncidentsReply rep =
+	    GRIDD__V1__PUSH_INCIDENTS_REPLY__INIT;
+	Gridd__V1__PushResult *pr, **pp;
+	size_t tally[FC_N] = { 0 }, rejected = 0;
+
+	pr = xcalloc(r->n ? r->n : 1, sizeof(*pr));
+	pp = xcalloc(r->n ? r->n : 1, sizeof(*pp));
+	for (size_t i = 0; i < r->n; i++) {
+		const struct feed_res *s = &r->res[i];
+
+		gridd__v1__push_result__init(&pr[i]);
+		pr[i].ext_id = s->ext_id;
+		pr[i].outcome = s->outcome;
+		pr[i].incident_id = s->incident_id;
+		pr[i].cell_id = s->cell_id != NULL ? s->cell_id : "";
+		pr[i].list = (Gridd__V1__TaskList)s->list;
+		pr[i].matter = (Gridd__V1__Matter)s->matter;
+		pr[i].error = s->error;
+		pr[i].message = s->message != NULL ? s->message : "";
+		pr[i].task_type = s->task_type != NULL ? s->task_type : "";
+		pp[i] = &pr[i];
+		fq.counts[s->counted]++;
+		tally[s->counted]++;
+		if (s->counted >= FC_REJ_INVALID)
+			rejected++;
+	}
+	rep.results = pp;
+	rep.n_results = r->n;
+	env.request_id = r->request_id;
+	env.body_case = GRIDD__V1__ENVELOPE__BODY_PUSH_INCIDENTS_REPLY;
+	env.push_incidents_reply = &rep;
+	if (conn_is_open(r->c))
+		conn_send(r->c, &env);
+	log_info("%s event=push source=%s:%s request_id=%" PRIu64
+	    " items=%zu accepted=%zu merged=%zu duplicate=%zu rejected=%zu"
+	    " negative_list=%zu unknown_category=%zu outside=%zu invalid=%zu"
+	    " ms=%" PRId64, conn_log_prefix(r->c),
+	    r->from_worker ? "worker" : "department", r->source,
+	    r->request_id, r->n, tally[FC_ACCEPTED], tally[FC_MERGED],
+	    tally[FC_DUPLICATE], rejected, tally[FC_REJ_NEGATIVE_LIST],
+	    tally[FC_REJ_UNKNOWN_CATEGORY], tally[FC_REJ_OUTSIDE],
+	    tally[FC_REJ_INVALID], mono_ms() - r->started);
+	free(pr);
+	free(pp);
+}
+
+static void
+req_fail(struct feed_req *r, Gridd__V1__ErrorCode code, const char *msg)
+{
+	if (conn_is_open(r->c))
+		rpc_reply_error(r->c, r->request_id, code, msg);
+	log_warn("%s event=push source=%s:%s request_id=%" PRIu64
+	    " items=%zu outcome=error code=%d", conn_log_prefix(r->c),
+	    r->from_worker ? "worker" : "department", r->source,
+	    r->request_id, r->n, (int)code);
+}
+
+/* Reads the statement's rows back into the items that were sent, then
+ * answers the repeats of an ext_id from their first occurrence. */
+static bool
+req_apply(struct feed_req *r, const struct db_res *res)
+{
+	size_t k = 0;
+
+	if (db_res_status(res) != DB_OK ||
+	    (size_t)db_res_rows(res) != r->n_sql || db_res_cols(res) != 4)
+		return false;
+	for (size_t i = 0; i < r->n; i++) {
+		struct feed_res *s = &r->res[i];
+		const char *outcome;
+		int64_t ord, inc;
+
+		if (s->sql_ord == 0)
+			continue;
+		if (!db_res_int64(res, (int)k, 0, &ord) ||
+		    ord != s->sql_ord)
+			return false;
+		outcome = db_res_get(res, (int)k, 1);
+		if (strcmp(outcome, "accepted") == 0 ||
+		    strcmp(outcome, "merged") == 0 ||
+		    strcmp(outcome, "duplicate") == 0) {
+			if (!db_res_int64(res, (int)k, 2, &inc) || inc <= 0)
+				return false;
+			s->incident_id = (uint64_t)inc;
+			if (!db_res_isnull(res, (int)k, 3))
+				s->cell_id = xstrdup(db_res_get(res, (int)k,
+				    3));
+			if (outcome[0] == 'a') {
+				s->outcome =
+				    GRIDD__V1__PUSH_RESULT__OUTCOME__ACCEPTED;
+				s->counted = FC_ACCEPTED;
+			} else if (outcome[0] == 'm') {
+				s->outcome =
+				    GRIDD__V1__PUSH_RESULT__OUTCOME__MERGED;
+				s->counted = FC_MERGED;
+			} else {
+				s->outcome =
+				    GRIDD__V1__PUSH_RESULT__OUTCOME__DUPLICATE;
+				s->counted = FC_DUPLICATE;
+			}
+		} else if (strcmp(outcome, "outside") == 0) {
+			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    FC_REJ_OUTSIDE, "outside every community: lon/lat "
+			    "%.6f, %.6f", s->lon, s->lat);
+		} else if (strcmp(outcome, "unknown_code") == 0) {
+			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    FC_REJ_OUTSIDE, "dept_grid_code %.64s: not in "
+			    "department %s's crosswalk to any current cell",
+			    s->code ? s->code : "", r->source);
+		} else if (strcmp(outcome, "unknown_building") == 0) {
+			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    FC_REJ_OUTSIDE, "building_id %.64s: unknown "
+			    "building", s->code ? s->code : "");
+		} else {
+			return false;
+		}
+		k++;
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		struct feed_res *s = &r->res[i];
+		const struct feed_res *first;
+
+		if (s->dup_of < 0)
+			continue;
+		first = &r->res[s->dup_of];
+		if (first->outcome == GRIDD__V1__PUSH_RESULT__OUTCOME__REJECTED) {
+			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    FC_REJ_INVALID, "ext_id: repeats item %d of this "
+			    "batch, which was rejected", s->dup_of + 1);
+			continue;
+		}
+		s->outcome = GRIDD__V1__PUSH_RESULT__OUTCOME__DUPLICATE;
+		s->counted = FC_DUPLICATE;
+		s->incident_id = first->incident_id;
+		s->cell_id = first->cell_id ? xstrdup(first->cell_id) : NULL;
+	}
+	return true;
+}
+
+/* ---- group commit ------------------------------------------------------ */
+
+static void
+group_free(struct feed_group *g)
+{
+	free(g->reqs);
+	free(g);
+}
+
+static void
+group_cb(void *arg, enum db_status st, const struct db_res *const *results,
+    int n)
+{
+	struct feed_group *g = arg;
+	const char *sqlstate = "", *err = "";
+
+	fq.inflight = false;
+	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
+	if (st == DB_OK && (size_t)n == g->n) {
+		for (size_t i = 0; i < g->n; i++) {
+			struct feed_req *r = g->reqs[i];
+
+			if (req_apply(r, results[i])) {
+				req_answer(r);
+			} else {
+				/* Committed, but the answer is unreadable:
+				 * a push again reads DUPLICATE. */
+				log_error("event=push source=%s outcome=error "
+				    "reason=\"unexpected result shape\"",
+				    r->source);
+				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+				    "internal error; push again to read the "
+				    "stored answers");
+			}
+			req_free(r);
+		}
+		group_free(g);
+		feed_flush();
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		if (results[i] != NULL &&
+		    db_res_status(results[i]) == DB_SQL_ERROR) {
+			sqlstate = db_res_sqlstate(results[i]);
+			err = db_res_error(results[i]);
+			break;
+		}
+	fq.db_failures++;
+	if (st != DB_OK && sqlstate[0] != '\0' && (g->n > 1 ||
+	    ((strncmp(sqlstate, "40", 2) == 0 ||
+	    strcmp(sqlstate, "23505") == 0) &&
+	    g->reqs[0]->retries < FEED_CONFLICT_RETRIES))) {
+		/* Rolled back for one request's sake (or a deadlock): each
+		 * goes again alone, at the head, in the same order. */
+		log_warn("event=push_group outcome=retry requests=%zu "
+		    "sqlstate=%s", g->n, sqlstate);
+		fq.group_retries++;
+		for (size_t i = g->n; i-- > 0;) {
+			if (g->n == 1)
+				g->reqs[i]->retries++;
+			g->reqs[i]->solo = true;
+			TAILQ_INSERT_HEAD(&fq.queue, g->reqs[i], entry);
+			fq.queued_items += g->reqs[i]->n_sql;
+		}
+		group_free(g);
+		feed_flush();
+		return;
+	}
+	for (size_t i = 0; i < g->n; i++) {
+		struct feed_req *r = g->reqs[i];
+
+		if (sqlstate[0] != '\0') {
+			log_error("event=push source=%s outcome=error "
+			    "sqlstate=%s error=\"%s\"", r->source, sqlstate,
+			    err);
+			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+			    "internal error: the batch was not stored");
+		} else {
+			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable: the batch may not be "
+			    "stored; push again (stored items answer "
+			    "DUPLICATE)");
+		}
+		req_free(r);
+	}
+	group_free(g);
+	feed_flush();
+}
+
+/* Starts the next transaction when none is in flight. */
+static void
+feed_flush(void)
+{
+	struct feed_group *g;
+	struct feed_req *r;
+	struct db_batch *b;
+	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
+
+	if (fq.inflight || TAILQ_EMPTY(&fq.queue))
+		return;
+	g = xcalloc(1, sizeof(*g));
+	b = db_batch_new();
+	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
+		if (g->n > 0 && (r->solo || g->items + r->n_sql > cap))
+			break;
+		TAILQ_REMOVE(&fq.queue, r, entry);
+		fq.queued_items -= r->n_sql;
+		g->reqs = xreallocarray(g->reqs, g->n + 1, sizeof(*g->reqs));
+		g->reqs[g->n++] = r;
+		g->items += r->n_sql;
+		db_batch_add(b, feed_sql, FP_N, (const char *const *)r->params);
+		if (r->solo)
+			break;
+	}
+	g->started = mono_ms();
+	fq.groups++;
+	size_observe(&fq.group_reqs, (double)g->n);
+	size_observe(&fq.group_items, (double)g->items);
+	if (gridd.db == NULL || !db_batch_submit(gridd.db, b, group_cb, g)) {
+		for (size_t i = 0; i < g->n; i++) {
+			req_fail(g->reqs[i], GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable");
+			req_free(g->reqs[i]);
+		}
+		group_free(g);
+		/* Nothing in flight: what still waits would never be sent. */
+		if (!TAILQ_EMPTY(&fq.queue))
+			feed_flush();
+		return;
+	}
+	fq.inflight = true;
+}
+
+/* ---- the handlers ---------------------------------------------------------- */
+
+struct arrays {
+	struct sbuf a[FP_N];
+};
+
+static void
+arrays_open(struct arrays *ar)
+{
+	for (int i = FP_EXT; i < FP_N; i++)
+		sb_putc(&ar->a[i], '{');
+}
+
+static void
+record_refusal(struct arrays *ar, const char *ext, const char *cat,
+    const char *tt, enum triage_refusal why)
+{
+	sb_elem_str(&ar->a[FP_REJ_EXT], ext);
+	sb_elem_str(&ar->a[FP_REJ_CAT], cat);
+	sb_elem_str(&ar->a[FP_REJ_TT], tt);
+	sb_elem_str(&ar->a[FP_REJ_REASON], triage_refusal_name(why));
+}
+
+/* An echo of a pushed key only when it is clean: the reply must be valid
+ * UTF-8 for other languages' protobuf runtimes. */
+static char *
+clean_copy(const char *s, size_t max)
+{
+	if (s == NULL || !triage_utf8_ok(s, max))
+		return xstrdup("");
+	return xstrdup(s);
+}
+
+/* Open addressing over the items' ext_ids: the first occurrence of each. */
+static int
+seen_find_or_add(int *slots, size_t nslots, const char *const *keys, int idx)
+{
+	uint32_t h = 2166136261u;
+
+	for (const unsigned char *p = (const unsigned char *)keys[idx]; *p;
+	    p++)
+		h = (h ^ *p) * 16777619u;
+	for (size_t i = h & (nslots - 1);; i = (i + 1) & (nslots - 1)) {
+		if (slots[i] < 0) {
+			slots[i] = idx;
+			return -1;
+		}
+		if (strcmp(keys[slots[i]], keys[idx]) == 0)
+			return slots[i];
+	}
+}
+
+static void
+feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
+    Gridd__V1__IncidentIn *const *items, size_t n)
+{
+	const struct cfg *cfg = gridd.cfg;
+	const struct cfg_department *dept = NULL;
+	struct triage_limits lim;
+	struct feed_req *r;
+	struct arrays ar;
+	const char **keys;
+	int *slots;
+	size_t nslots = 16;
+	int64_t now = now_ms();
+	char num[64];
+
+	if (!from_worker) {
+		dept = cfg_department(cfg, conn_principal(c));
+		if (dept == NULL) {
+			/* Removed from the config by a reload since login. */
+			rpc_reply_error(c, request_id,
+			    GRIDD__V1__ERROR_CODE__FORBIDDEN,
+			    "department no longer configured");
+			return;
+		}
+	}
+	if (fq.queued_items + n > (size_t)cfg->push_queue_max_items) {
+		fq.busy++;
+		rpc_reply_error(c, request_id,
+		    GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "ingest queue full; push again shortly");
+		return;
+	}
+	lim.max_future_ms = (int64_t)cfg->push_max_future_s * 1000;
+	lim.max_age_ms = (int64_t)cfg->push_max_age_days * 86400000;
+
+	r = xcalloc(1, sizeof(*r));
+	r->c = c;
+	r->request_id = request_id;
+	r->from_worker = from_worker;
+	r->started = mono_ms();
+	snprintf(r->source, sizeof(r->source), "%s", conn_principal(c));
+	r->n = n;
+	r->res = xcalloc(n ? n : 1, sizeof(*r->res));
+	conn_hold(c);
+
+	while (nslots < 2 * n)
+		nslots *= 2;
+	slots = xmalloc(nslots * sizeof(*slots));
+	memset(slots, 0xff, nslots * sizeof(*slots));
+	keys = xcalloc(n ? n : 1, sizeof(*keys));
+	memset(&ar, 0, sizeof(ar));
+	arrays_open(&ar);
+
+	for (size_t i = 0; i < n; i++) {
+		const Gridd__V1__IncidentIn *in = items[i];
+		struct feed_res *s = &r->res[i];
+		struct triage_item it;
+		struct triage_decision d;
+		char msg[TRIAGE_MSG_MAX];
+		const char *ext_ok, *cat_ok;
+
+		s->dup_of = -1;
+		s->ext_id = clean_copy(in->ext_id, TRIAGE_EXT_ID_MAX);
+		ext_ok = s->ext_id;
+		cat_ok = in->category != NULL && triage_utf8_ok(in->category,
+		    TRIAGE_CATEGORY_MAX) ? in->category : "";
+		if (!triage_validate(in, from_worker ? TRIAGE_FROM_WORKER :
+		    TRIAGE_FROM_DEPARTMENT, &lim, now, &it, msg, sizeof(msg))) {
+			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    FC_REJ_INVALID, "%s", msg);
+			record_refusal(&ar, ext_ok, cat_ok, NULL,
+			    TRIAGE_INVALID);
+			continue;
+		}
+		triage_classify(cfg, dept, it.category, &d);
+		if (d.task_type != NULL) {
+			s->task_type = xstrdup(d.task_type->name);
+			s->list = (int)d.task_type->list;
+			s->matter = (int)d.task_type->matter;
+		}
+		if (d.refusal != TRIAGE_PASS) {
+			res_reject(s, d.refusal == TRIAGE_NEGATIVE_LIST ?
+			    GRIDD__V1__ERROR_CODE__REJECTED_NEGATIVE_LIST :
+			    GRIDD__V1__ERROR_CODE__BAD_REQUEST,
+			    d.refusal == TRIAGE_NEGATIVE_LIST ?
+			    FC_REJ_NEGATIVE_LIST : FC_REJ_UNKNOWN_CATEGORY,
+			    "%s", d.message);
+			record_refusal(&ar, ext_ok, cat_ok, s->task_type,
+			    d.refusal);
+			continue;
+		}
+		keys[i] = it.ext_id;
+		s->dup_of = seen_find_or_add(slots, nslots, keys, (int)i);
+		if (s->dup_of >= 0)
+			continue;
+		s->sql_ord = (int)++r->n_sql;
+		s->has_point = it.has_point;
+		s->lon = it.lon;
+		s->lat = it.lat;
+		if (!it.has_point)
+			s->code = xstrdup(it.dept_code != NULL ? it.dept_code :
+			    it.building_id);
+
+		sb_elem_str(&ar.a[FP_EXT], it.ext_id);
+		sb_elem_str(&ar.a[FP_CAT], it.category);
+		sb_elem_str(&ar.a[FP_TT], d.task_type->name);
+		sb_elem_str(&ar.a[FP_LIST], cfg_list_name(d.task_type->list));
+		sb_elem_str(&ar.a[FP_MATTER],
+		    cfg_matter_name(d.task_type->matter));
+		sb_elem_str(&ar.a[FP_ROUTE], cfg_route_name(d.task_type->route));
+		snprintf(num, sizeof(num), "%d",
+		    d.sla ? d.task_type->sla_minutes : 0);
+		sb_elem_str(&ar.a[FP_SLA], num);
+		sb_elem_str(&ar.a[FP_NOTE], d.note);
+		snprintf(num, sizeof(num), "%d", it.severity);
+		sb_elem_str(&ar.a[FP_SEV], num);
+		snprintf(num, sizeof(num), "%" PRId64, it.occurred_at);
+		sb_elem_str(&ar.a[FP_OCC], num);
+		if (it.has_point) {
+			snprintf(num, sizeof(num), "%.17g", it.lon);
+			sb_elem_str(&ar.a[FP_LON], num);
+			snprintf(num, sizeof(num), "%.17g", it.lat);
+			sb_elem_str(&ar.a[FP_LAT], num);
+		} else {
+			sb_elem_str(&ar.a[FP_LON], NULL);
+			sb_elem_str(&ar.a[FP_LAT], NULL);
+		}
+		sb_elem_str(&ar.a[FP_CODE], it.dept_code);
+		sb_elem_str(&ar.a[FP_BLDG], it.building_id);
+		sb_elem_str(&ar.a[FP_ADDR], it.address);
+		sb_elem_str(&ar.a[FP_DESC], it.description);
+	}
+	free(slots);
+	free(keys);
+
+	for (int i = FP_EXT; i < FP_N; i++) {
+		sb_putc(&ar.a[i], '}');
+		r->params[i] = ar.a[i].p;
+	}
+	r->params[FP_KIND] = xstrdup(from_worker ? "worker" : "department");
+	r->params[FP_SOURCE] = xstrdup(r->source);
+	snprintf(num, sizeof(num), "%.17g", cfg->merge_radius_m);
+	r->params[FP_RADIUS] = xstrdup(num);
+	snprintf(num, sizeof(num), "%d", cfg->merge_window_s);
+	r->params[FP_WINDOW] = xstrdup(num);
+	size_observe(&fq.batch_items, (double)n);
+
+	if (n == 0) {
+		/* Nothing to store: the empty answer is already durable. */
+		req_answer(r);
+		req_free(r);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&fq.queue, r, entry);
+	fq.queued_items += r->n_sql;
+	feed_flush();
+}
+
+void
+feed_push_incidents(struct conn *c, const Gridd__V1__Envelope *env)
+{
+	const Gridd__V1__PushIncidents *in = env->push_incidents;
+	char msg[96];
+
+	if (in->n_incidents > (size_t)gridd.cfg->max_batch) {
+		/* Refused whole: answering part of it would leave the client
+		 * unsure which items to send again. */
+		snprintf(msg, sizeof(msg), "batch of %zu incidents is over "
+		    "max_batch %d", in->n_incidents, gridd.cfg->max_batch);
+		rpc_reply_error(c, env->request_id,
+		    GRIDD__V1__ERROR_CODE__TOO_LARGE, msg);
+		return;
+	}
+	feed_submit(c, env->request_id, false, in->incidents, in->n_incidents);
+}
+
+void
+feed_report_incident(struct conn *c, const Gridd__V1__Envelope *env)
+{
+	const Gridd__V1__ReportIncident *in = env->report_incident;
+
+	if (in->incident == NULL) {
+		rpc_reply_error(c, env->request_id,
+		    GRIDD__V1__ERROR_CODE__BAD_REQUEST, "incident: required");
+		return;
+	}
+	feed_submit(c, env->request_id, true, &in->incident, 1);
+}
+
+/* ---- metrics and life -------------------------------------------------- */
+
+static void
+size_hist_write(struct evbuffer *out, const char *name,
+    const struct size_hist *h)
+{
+	char sample[96], labels[32];
+	uint64_t cum = 0;
+
+	snprintf(sample, sizeof(sample), "%s_bucket", name);
+	for (size_t i = 0; i <= SIZE_BUCKETS; i++) {
+		cum += h->counts[i];
+		if (i < SIZE_BUCKETS)
+			snprintf(labels, sizeof(labels), "le=\"%g\"",
+			    size_bounds[i]);
+		else
+			snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+		metrics_sample(out, sample, labels, (double)cum);
+	}
+	snprintf(sample, sizeof(sample), "%s_sum", name);
+	metrics_sample(out, sample, NULL, h->sum);
+	snprintf(sample, sizeof(sample), "%s_count", name);
+	metrics_sample(out, sample, NULL, (double)h->count);
+}
+
+static void
+feed_metrics_cb(struct evbuffer *out)
+{
+	metrics_family(out, "gridd_incidents_total", "counter",
+	    "Pushed and reported incidents by outcome (and reason when "
+	    "rejected).");
+	for (int i = 0; i < FC_N; i++)
+		metrics_sample(out, "gridd_incidents_total", count_labels[i],
+		    (double)fq.counts[i]);
+	metrics_family(out, "gridd_push_batch_items", "histogram",
+	    "Incidents per PushIncidents or ReportIncident request.");
+	size_hist_write(out, "gridd_push_batch_items", &fq.batch_items);
+	metrics_family(out, "gridd_push_group_requests", "histogram",
+	    "Requests combined into one ingest transaction (group commit).");
+	size_hist_write(out, "gridd_push_group_requests", &fq.group_reqs);
+	metrics_family(out, "gridd_push_group_items", "histogram",
+	    "Incidents per ingest transaction.");
+	size_hist_write(out, "gridd_push_group_items", &fq.group_items);
+	metrics_family(out, "gridd_push_commit_seconds", "histogram",
+	    "Ingest transaction time from submission to commit.");
+	metrics_hist_write(out, "gridd_push_commit_seconds", NULL,
+	    &fq.commit_ms);
+	metrics_family(out, "gridd_push_queued_items", "gauge",
+	    "Incidents waiting for the next ingest transaction.");
+	metrics_sample(out, "gridd_push_queued_items", NULL,
+	    (double)fq.queued_items);
+	metrics_family(out, "gridd_push_group_retries_total", "counter",
+	    "Ingest transactions rolled back and retried request by request.");
+	metrics_sample(out, "gridd_push_group_retries_total", NULL,
+	    (double)fq.group_retries);
+	metrics_family(out, "gridd_push_refused_total", "counter",
+	    "Pushes refused before any work because the queue was full.");
+	metrics_sample(out, "gridd_push_refused_total", NULL, (double)fq.busy);
+	metrics_family(out, "gridd_push_db_failures_total", "counter",
+	    "Ingest transactions that did not commit.");
+	metrics_sample(out, "gridd_push_db_failures_total", NULL,
+	    (double)fq.db_failures);
+}
+
+void
+feed_init(void)
+{
+	metrics_register("feed", feed_metrics_cb);
+}
+
+void
+feed_shutdown(void)
+{
+	struct feed_req *r;
+
+	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
+		TAILQ_REMOVE(&fq.queue, r, entry);
+		req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "shutting down");
+		req_free(r);
+	}
+	fq.queued_items = 0;
+}

@@ -1,0 +1,20 @@
+/* feed.h - PushIncidents and ReportIncident: ingest with group commit. */
+#ifndef GRIDD_FEED_H
+#define GRIDD_FEED_H
+
+#include "gridd.pb-c.h"
+
+struct conn;
+
+/* Registers the metrics writer. */
+void feed_init(void);
+/* Answers UNAVAILABLE to every push still waiting for a transaction and
+ * releases its connection. Call after db_pool_free (which ends the
+ * transaction in flight) and before conn_free_all. */
+void feed_shutdown(void);
+
+/* Request handlers, called from the rpc table after its role check. */
+void feed_push_incidents(struct conn *c, const Gridd__V1__Envelope *env);
+void feed_report_incident(struct conn *c, const Gridd__V1__Envelope *env);
+
+#endif

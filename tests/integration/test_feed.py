@@ -1,0 +1,617 @@
+"""test_feed.py - departmental feeds into one model, over the real socket
+with the real database: validation, classification, the four lists,
+locating, idempotency, merging, triage, subscriptions and complaints.
+
+A tiny synthetic community (two square cells, one building, one
+department grid cell with its crosswalk row) is loaded with SQL once the
+daemon has migrated the schema. Each test uses its own spots on the map
+(more than merge_radius_m apart) and its own ext_ids, so that no test
+depends on another.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import pb, expect_body, expect_error  # noqa: E402
+
+harness.skip_unless_pg()
+
+# The community: lon 9.50..9.52, lat 47.10..47.12; cell C1-001 is the west
+# half, C1-002 the east half. Building B1 lies in C1-002; department
+# civil's grid code MZG-7 lies in C1-001.
+FIXTURE = """
+INSERT INTO communities (community_id, name, geom) VALUES
+ ('C1', 'Test community',
+  ST_Multi(ST_MakeEnvelope(9.50, 47.10, 9.52, 47.12, 4326)));
+INSERT INTO cells (cell_id, community_id, geom) VALUES
+ ('C1-001', 'C1', ST_Multi(ST_MakeEnvelope(9.50, 47.10, 9.51, 47.12, 4326))),
+ ('C1-002', 'C1', ST_Multi(ST_MakeEnvelope(9.51, 47.10, 9.52, 47.12, 4326)));
+INSERT INTO buildings (building_id, community_id, kind, households, geom,
+    cell_id) VALUES
+ ('B1', 'C1', 'residential', 10,
+  ST_SetSRID(ST_MakePoint(9.5185, 47.1185), 4326), 'C1-002');
+INSERT INTO departments (department_id) VALUES ('civil'), ('urban')
+ ON CONFLICT DO NOTHING;
+INSERT INTO department_layers (department_id, dept_code, geom) VALUES
+ ('civil', 'MZG-7',
+  ST_Multi(ST_MakeEnvelope(9.5012, 47.1185, 9.5018, 47.1195, 4326)));
+INSERT INTO crosswalk (department_id, dept_code, community_id, cell_id,
+    share, dominant) VALUES ('civil', 'MZG-7', 'C1', 'C1-001', 1.0, true);
+"""
+
+# Metres to degrees near lat 47.1.
+M_LON = 1 / 75900.0
+M_LAT = 1 / 111200.0
+
+_gridd = None
+_cfg = None
+
+
+def spot(row, col):
+    """A map spot of its own: 0.001 deg (about 76 m east, 111 m north)
+    apart, inside C1 for row 0..17, col 0..17."""
+    return 9.5005 + 0.001 * col, 47.1005 + 0.001 * row
+
+
+def daemon():
+    global _gridd, _cfg
+    if _gridd is None:
+        harness.require_pg()
+        _cfg = harness.write_config(harness.tmppath("feed.conf"))
+        _gridd = harness.Gridd(_cfg, name="feed").start()
+        harness.psql(FIXTURE, _cfg.dbname)
+    return _gridd
+
+
+def sql(q):
+    daemon()
+    return harness.psql(q, _cfg.dbname)
+
+
+def sql1(q):
+    daemon()
+    return harness.psql1(q, _cfg.dbname)
+
+
+def dept_client(dept="civil", **login):
+    c = harness.Client(daemon().addr, timeout=20)
+    rep = c.login("DEPARTMENT", dept, harness.DEPARTMENTS[dept][1], **login)
+    return c, expect_body(rep, "login_reply")
+
+
+def item(ext_id, category, lon=0.0, lat=0.0, **kw):
+    return pb.IncidentIn(ext_id=ext_id, category=category, lon=lon, lat=lat,
+                         **kw)
+
+
+def push(c, items, timeout=30):
+    rep = c.request("push_incidents", incidents=items, timeout=timeout)
+    return list(expect_body(rep, "push_incidents_reply").results)
+
+
+def outcome(name):
+    return pb.PushResult.Outcome.Value(name)
+
+
+def assert_outcome(r, name, error=None):
+    got = pb.PushResult.Outcome.Name(r.outcome)
+    assert got == name, "%s: expected %s, got %s (%s)" % (
+        r.ext_id, name, got, r.message)
+    if error is not None:
+        assert r.error == pb.ErrorCode.Value(error), (
+            "%s: error %s, want %s" % (r.ext_id,
+                                       pb.ErrorCode.Name(r.error), error))
+
+
+# ---- validation and classification ----------------------------------------
+
+def test_validation_names_the_field_and_the_batch_goes_on():
+    c, _ = dept_client()
+    lon, lat = spot(0, 0)
+    now = int(time.time() * 1000)
+    res = push(c, [
+        item("v-sev", "MZ01", lon, lat, severity=7),
+        item("v-noloc", "MZ01"),
+        item("v-future", "MZ01", lon, lat, occurred_at=now + 86400000),
+        item("", "MZ01", lon, lat),
+        item("v-lat", "MZ01", lon, 95.0),
+        item("v-ok", "MZ01", lon, lat, severity=3, occurred_at=now),
+    ])
+    assert len(res) == 6
+    for r, field in zip(res[:5], ["severity", "location", "occurred_at",
+                                  "ext_id", "lon/lat"]):
+        assert_outcome(r, "REJECTED", "BAD_REQUEST")
+        assert r.message.startswith(field), (field, r.message)
+    assert_outcome(res[5], "ACCEPTED")
+    assert res[5].cell_id == "C1-001"
+    n = sql1("SELECT count(*) FROM rejections WHERE reason = 'invalid' "
+             "AND source_id = 'civil' AND ext_id LIKE 'v-%'")
+    assert n == "4", n
+    c.close()
+
+
+def test_batch_over_max_batch_is_refused_whole():
+    c, _ = dept_client()
+    lon, lat = spot(0, 1)
+    items = [item("big-%d" % i, "MZ01", lon, lat) for i in range(1001)]
+    rep = c.request("push_incidents", incidents=items, timeout=30)
+    err = expect_error(rep, "TOO_LARGE")
+    assert "max_batch" in err.message
+    assert sql1("SELECT count(*) FROM incident_sources "
+                "WHERE ext_id LIKE 'big-%'") == "0"
+    c.close()
+
+
+def test_unknown_category_is_rejected_and_recorded():
+    c, _ = dept_client()
+    lon, lat = spot(0, 2)
+    (r,) = push(c, [item("uc-1", "ZZ99", lon, lat)])
+    assert_outcome(r, "REJECTED", "BAD_REQUEST")
+    assert r.message == "unknown category ZZ99 for department civil", \
+        r.message
+    row = sql("SELECT category, reason FROM rejections "
+              "WHERE source_id = 'civil' AND ext_id = 'uc-1'")
+    assert row == [["ZZ99", "unknown_category"]], row
+    c.close()
+
+
+def test_negative_list_is_rejected_recorded_and_never_dispatched():
+    c, _ = dept_client()
+    lon, lat = spot(0, 3)
+    (r,) = push(c, [item("neg-1", "MZ09", lon, lat)])
+    assert_outcome(r, "REJECTED", "REJECTED_NEGATIVE_LIST")
+    assert "negative list" in r.message
+    assert "enterprise_safety_check" in r.message
+    assert r.list == pb.NEGATIVE
+    row = sql("SELECT category, task_type, reason FROM rejections "
+              "WHERE source_id = 'civil' AND ext_id = 'neg-1'")
+    assert row == [["MZ09", "enterprise_safety_check", "negative_list"]], row
+    assert sql1("SELECT count(*) FROM incidents "
+                "WHERE task_type = 'enterprise_safety_check'") == "0"
+    c.close()
+
+
+def test_outside_every_community():
+    c, _ = dept_client()
+    (r,) = push(c, [item("out-1", "MZ01", 8.0, 46.0)])
+    assert_outcome(r, "REJECTED", "BAD_REQUEST")
+    assert "outside every community" in r.message, r.message
+    assert r.incident_id == 0
+    assert sql1("SELECT reason FROM rejections WHERE ext_id = 'out-1'") \
+        == "outside"
+    c.close()
+
+
+# ---- locating ---------------------------------------------------------------
+
+def test_locate_point_code_and_building():
+    c, _ = dept_client()
+    lon, lat = spot(1, 13)          # east half: C1-002
+    res = push(c, [
+        item("loc-pt", "MZ02", lon, lat),
+        item("loc-code", "MZ02", dept_grid_code="MZG-7"),
+        item("loc-bldg", "MZ02", building_id="B1"),
+        item("loc-nocode", "MZ02", dept_grid_code="NOPE"),
+        item("loc-nobldg", "MZ02", building_id="B404"),
+    ])
+    assert_outcome(res[0], "ACCEPTED")
+    assert res[0].cell_id == "C1-002"
+    assert_outcome(res[1], "ACCEPTED")
+    assert res[1].cell_id == "C1-001"
+    assert_outcome(res[2], "ACCEPTED")
+    assert res[2].cell_id == "C1-002"
+    assert_outcome(res[3], "REJECTED", "BAD_REQUEST")
+    assert "crosswalk" in res[3].message
+    assert_outcome(res[4], "REJECTED", "BAD_REQUEST")
+    assert "unknown building" in res[4].message
+    rows = sql("SELECT located_by, cell_id FROM incidents WHERE "
+               "incident_id IN (%d, %d, %d) ORDER BY incident_id"
+               % (res[0].incident_id, res[1].incident_id,
+                  res[2].incident_id))
+    assert rows == [["point", "C1-002"], ["dept_code", "C1-001"],
+                    ["building", "C1-002"]], rows
+    c.close()
+
+
+# ---- idempotency ------------------------------------------------------------
+
+def test_duplicate_replay_returns_the_first_incident():
+    c, _ = dept_client()
+    lon, lat = spot(2, 0)
+    (first,) = push(c, [item("dup-1", "MZ01", lon, lat)])
+    assert_outcome(first, "ACCEPTED")
+    before = sql1("SELECT count(*) FROM incidents")
+    res = push(c, [item("dup-1", "MZ01", lon, lat),
+                   item("dup-2", "MZ02", lon, lat),
+                   item("dup-2", "MZ02", lon, lat)])
+    assert_outcome(res[0], "DUPLICATE")
+    assert res[0].incident_id == first.incident_id
+    assert_outcome(res[1], "ACCEPTED")
+    assert_outcome(res[2], "DUPLICATE")
+    assert res[2].incident_id == res[1].incident_id
+    after = sql1("SELECT count(*) FROM incidents")
+    assert int(after) == int(before) + 1, (before, after)
+    # Another connection, same department: still the first answer.
+    c2, _ = dept_client()
+    (again,) = push(c2, [item("dup-1", "MZ01", lon, lat)])
+    assert_outcome(again, "DUPLICATE")
+    assert again.incident_id == first.incident_id
+    c.close()
+    c2.close()
+
+
+# ---- merging ------------------------------------------------------------------
+
+def test_merge_across_two_departments():
+    civil, _ = dept_client("civil")
+    urban, _ = dept_client("urban")
+    lon, lat = spot(3, 0)
+    (a,) = push(civil, [item("mg-civil", "MZ01", lon, lat)])
+    assert_outcome(a, "ACCEPTED")
+    (b,) = push(urban, [item("mg-urban", "CG03", lon + 10 * M_LON, lat)])
+    assert_outcome(b, "MERGED")
+    assert b.incident_id == a.incident_id
+    row = sql("SELECT departments, owner_department, funder_department "
+              "FROM incidents WHERE incident_id = %d" % a.incident_id)
+    assert row == [["{civil,urban}", "civil", "civil"]], row
+    srcs = sql("SELECT source_id, ext_id, outcome FROM incident_sources "
+               "WHERE incident_id = %d ORDER BY source_id" % a.incident_id)
+    assert srcs == [["civil", "mg-civil", "accepted"],
+                    ["urban", "mg-urban", "merged"]], srcs
+    # The merged push replayed is a DUPLICATE of the merged answer.
+    (b2,) = push(urban, [item("mg-urban", "CG03", lon + 10 * M_LON, lat)])
+    assert_outcome(b2, "DUPLICATE")
+    assert b2.incident_id == a.incident_id
+    civil.close()
+    urban.close()
+
+
+def test_no_merge_beyond_radius_window_or_task_type():
+    civil, _ = dept_client("civil")
+    urban, _ = dept_client("urban")
+    lon, lat = spot(4, 0)
+    now = int(time.time() * 1000)
+    (a,) = push(civil, [item("nm-a", "MZ01", lon, lat, occurred_at=now)])
+    assert_outcome(a, "ACCEPTED")
+    res = push(urban, [
+        # 70 m away: beyond merge_radius_m = 50
+        item("nm-far", "CG03", lon + 70 * M_LON, lat, occurred_at=now),
+        # same place, two hours earlier: beyond merge_window_s = 3600
+        item("nm-old", "CG03", lon, lat + 1 * M_LAT,
+             occurred_at=now - 7200 * 1000),
+        # same place and time, another task type
+        item("nm-type", "CG02", lon, lat, occurred_at=now),
+    ])
+    for r in res:
+        assert_outcome(r, "ACCEPTED")
+        assert r.incident_id != a.incident_id
+    civil.close()
+    urban.close()
+
+
+def test_items_of_one_batch_merge_with_each_other():
+    c, _ = dept_client()
+    lon, lat = spot(5, 0)
+    res = push(c, [item("bm-1", "MZ01", lon, lat),
+                   item("bm-2", "MZ01", lon + 20 * M_LON, lat),
+                   item("bm-3", "MZ01", lon + 300 * M_LON, lat)])
+    assert_outcome(res[0], "ACCEPTED")
+    assert_outcome(res[1], "MERGED")
+    assert res[1].incident_id == res[0].incident_id
+    assert_outcome(res[2], "ACCEPTED")
+    assert res[2].incident_id != res[0].incident_id
+    c.close()
+
+
+# ---- triage and events ----------------------------------------------------------
+
+def first_event(incident_id, dept="civil"):
+    rows = sql("SELECT status, note FROM events WHERE incident_id = %d "
+               "AND department_id = '%s' ORDER BY dept_seq LIMIT 1"
+               % (incident_id, dept))
+    return rows[0] if rows else None
+
+
+def test_triage_routes():
+    civil, _ = dept_client("civil")
+    urban, _ = dept_client("urban")
+    lon, lat = spot(6, 0)
+    (w,) = push(civil, [item("tr-worker", "MZ01", lon, lat)])
+    (d,) = push(urban, [item("tr-dept", "CG01", lon + 0.002, lat)])
+    (p,) = push(civil, [item("tr-private", "MZ03", lon + 0.004, lat)])
+    for r in (w, d, p):
+        assert_outcome(r, "ACCEPTED")
+    assert w.list == pb.ASSIST and w.matter == pb.SMALL
+    assert d.list == pb.ASSIST and d.matter == pb.BIG
+    assert p.list == pb.AUTONOMY and p.matter == pb.PRIVATE
+    assert first_event(w.incident_id) == ["new", ""]
+    row = sql("SELECT route, deadline IS NOT NULL, owner_department, "
+              "funder_department FROM incidents WHERE incident_id = %d"
+              % w.incident_id)
+    assert row == [["worker", "t", "civil", "civil"]], row
+    assert sql1("SELECT count(*) FROM timers WHERE kind = 'sla' AND "
+                "ref_id = %d" % w.incident_id) == "1"
+    ev = first_event(d.incident_id, "urban")
+    assert ev[0] == "referred" and "department" in ev[1], ev
+    assert sql1("SELECT count(*) FROM timers WHERE kind = 'sla' AND "
+                "ref_id = %d" % d.incident_id) == "1"
+    ev = first_event(p.incident_id)
+    assert ev == ["referred", harness.TASK_TYPES["neighbour_dispute"]
+                  ["guidance"]], ev
+    assert sql1("SELECT deadline IS NULL FROM incidents WHERE "
+                "incident_id = %d" % p.incident_id) == "t"
+    civil.close()
+    urban.close()
+
+
+def test_worker_report_follows_the_same_path():
+    admin = harness.Client(daemon().addr)
+    harness.login_admin(admin)
+    rep = admin.request("upsert_worker", worker_id="w-feed", name="Patrol",
+                        password="patrol-password-1", community_id="C1",
+                        cell_ids=["C1-001"])
+    expect_body(rep, "ok")
+    w = harness.Client(daemon().addr)
+    expect_body(w.login("WORKER", "w-feed", "patrol-password-1"),
+                "login_reply")
+    lon, lat = spot(7, 0)
+    rep = w.request("report_incident", pb.ReportIncident(
+        incident=item("patrol-1", "garbage_sorting", lon, lat)))
+    (r,) = expect_body(rep, "push_incidents_reply").results
+    assert_outcome(r, "ACCEPTED")
+    assert r.task_type == "garbage_sorting"
+    row = sql("SELECT source_kind, source_id FROM incident_sources "
+              "WHERE incident_id = %d" % r.incident_id)
+    assert row == [["worker", "w-feed"]], row
+    rep = w.request("report_incident", pb.ReportIncident(
+        incident=item("patrol-1", "garbage_sorting", lon, lat)))
+    (r2,) = expect_body(rep, "push_incidents_reply").results
+    assert_outcome(r2, "DUPLICATE")
+    assert r2.incident_id == r.incident_id
+    # A department's crosswalk code is not a task type.
+    rep = w.request("report_incident", pb.ReportIncident(
+        incident=item("patrol-2", "MZ01", lon, lat)))
+    (r3,) = expect_body(rep, "push_incidents_reply").results
+    assert_outcome(r3, "REJECTED", "BAD_REQUEST")
+    # Departments cannot report as workers.
+    d, _ = dept_client()
+    expect_error(d.request("report_incident", pb.ReportIncident(
+        incident=item("x", "garbage_sorting", lon, lat))), "FORBIDDEN")
+    for x in (admin, w, d):
+        x.close()
+
+
+# ---- subscriptions --------------------------------------------------------------
+
+def collect_updates(c, want, timeout=10):
+    """Updates until every ext_id in want has arrived. Dispatch may add
+    its own events (escalations) for other incidents in between, so the
+    others are kept too: the caller checks the sequence over all of them."""
+    out = []
+    missing = set(want)
+    deadline = time.monotonic() + timeout
+    while missing:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("still missing updates for %s after %s"
+                                 % (sorted(missing), [
+                                     (u.seq, u.ext_id) for u in out]))
+        env = c.recv_push(timeout=left)
+        if harness.body(env) == "incident_update":
+            out.append(env.incident_update)
+            missing.discard(env.incident_update.ext_id)
+    return out
+
+
+def assert_gap_free(updates, after):
+    seqs = [u.seq for u in updates]
+    assert seqs == list(range(after + 1, after + 1 + len(seqs))), seqs
+
+
+def test_subscription_replay_across_reconnects_misses_nothing():
+    # urban's own sequence: read where it stands, then push and watch.
+    # road_damage (CG01) goes back to the department: no dispatch events.
+    c, rep = dept_client("urban")
+    start = rep.last_seq
+    assert str(start) == (sql1("SELECT coalesce(max(last_seq), 0) FROM "
+                               "department_seq WHERE department_id = "
+                               "'urban'") or "0")
+    expect_body(c.request("subscribe", since_seq=start), "ok")
+    lon, lat = spot(8, 0)
+    items = [item("sub-%d" % i, "CG01", lon + 0.001 * i, lat)
+             for i in range(6)]
+    res = push(c, items[:3])
+    got = collect_updates(c, ["sub-0", "sub-1", "sub-2"])
+    assert_gap_free(got, start)
+    mine = [u for u in got if u.ext_id.startswith("sub-")]
+    assert [u.ext_id for u in mine] == ["sub-0", "sub-1", "sub-2"]
+    assert [u.incident_id for u in mine] == [r.incident_id for r in res]
+    referred = pb.IncidentUpdate.Status.Value("REFERRED")
+    assert all(u.status == referred for u in mine), mine
+    last = got[-1].seq
+    c.close()
+
+    # Pushed while nobody listens.
+    other, _ = dept_client("urban")
+    push(other, items[3:])
+    other.close()
+
+    # Reconnect with Login.since_seq: everything after it, in order, the
+    # three missed among them, nothing seen before repeated.
+    c2, rep2 = dept_client("urban", since_seq=last)
+    assert rep2.last_seq >= last + 3
+    got2 = collect_updates(c2, ["sub-3", "sub-4", "sub-5"])
+    assert_gap_free(got2, last)
+    assert [u.ext_id for u in got2 if u.ext_id.startswith("sub-")] == \
+        ["sub-3", "sub-4", "sub-5"]
+    # Live after the replay, still gap-free.
+    lon2, lat2 = spot(9, 0)
+    push(c2, [item("sub-live", "CG01", lon2, lat2)])
+    live = collect_updates(c2, ["sub-live"])
+    assert_gap_free(live, got2[-1].seq)
+    # A whole replay from 0 is gap-free and strictly increasing.
+    c3, rep3 = dept_client("urban")
+    expect_body(c3.request("subscribe", since_seq=0), "ok")
+    everything = []
+    while len(everything) < rep3.last_seq:
+        env = c3.recv_push(timeout=10)
+        everything.append(env.incident_update)
+    assert_gap_free(everything, 0)
+    n = sql1("SELECT count(*) FROM events WHERE department_id = 'urban' "
+             "AND dept_seq <= %d" % rep3.last_seq)
+    assert int(n) == rep3.last_seq
+    for x in (c2, c3):
+        x.close()
+
+
+def test_subscriber_hears_a_merge_into_anothers_incident():
+    civil, _ = dept_client("civil")
+    urban, rep = dept_client("urban")
+    expect_body(urban.request("subscribe", since_seq=rep.last_seq), "ok")
+    lon, lat = spot(10, 0)
+    (a,) = push(civil, [item("hear-civil", "MZ01", lon, lat)])
+    (b,) = push(urban, [item("hear-urban", "CG03", lon, lat)])
+    assert_outcome(b, "MERGED")
+    got = collect_updates(urban, ["hear-urban"])
+    assert_gap_free(got, rep.last_seq)
+    u = [x for x in got if x.ext_id == "hear-urban"][0]
+    assert u.incident_id == a.incident_id
+    assert "merged" in u.note
+    civil.close()
+    urban.close()
+
+
+# ---- big batches ------------------------------------------------------------------
+
+def test_batch_of_1000_gets_one_reply_in_order():
+    c, _ = dept_client()
+    items = []
+    for i in range(1000):
+        lon = 9.5002 + (i % 40) * 0.0004
+        lat = 47.1102 + (i // 40) * 0.0003
+        items.append(item("k-%04d" % i, ("MZ01", "MZ02")[i % 2], lon, lat))
+    t0 = time.monotonic()
+    res = push(c, items, timeout=60)
+    ms = (time.monotonic() - t0) * 1000
+    assert len(res) == 1000
+    assert [r.ext_id for r in res] == ["k-%04d" % i for i in range(1000)]
+    for r in res:
+        assert r.outcome in (outcome("ACCEPTED"), outcome("MERGED")), r
+        assert r.incident_id > 0
+    n = sql1("SELECT count(*) FROM incident_sources WHERE source_id = "
+             "'civil' AND ext_id LIKE 'k-%'")
+    assert n == "1000", n
+    print("   1000-item batch answered in %.0f ms" % ms)
+    c.close()
+
+
+def test_throughput_with_concurrent_pushers():
+    """Not a benchmark (gridbench is): a rough figure for the README."""
+    conns = [dept_client(d)[0] for d in ("civil", "urban", "civil",
+                                         "urban")]
+    cats = {"civil": "MZ02", "urban": "CG02"}
+    batches, size = 12, 500
+    t0 = time.monotonic()
+    total = 0
+    for b in range(batches):
+        reqs = []
+        for k, c in enumerate(conns):
+            dept = ("civil", "urban")[k % 2]
+            items = []
+            for i in range(size):
+                n = (b * len(conns) + k) * size + i
+                items.append(item("tp-%d-%d" % (k, n), cats[dept],
+                                  9.5001 + (n % 199) * 0.0001,
+                                  47.1001 + (n // 199 % 199) * 0.0001))
+            env = c.envelope("push_incidents", incidents=items)
+            c.send(env)
+            reqs.append((c, env.request_id))
+        for c, rid in reqs:
+            rep = c.wait_reply(rid, timeout=60)
+            total += len(expect_body(rep, "push_incidents_reply").results)
+    dt = time.monotonic() - t0
+    print("   %d incidents acknowledged in %.2f s: %.0f/s with %d "
+          "connections, batches of %d" % (total, dt, total / dt,
+                                          len(conns), size))
+    assert total == batches * len(conns) * size
+    for c in conns:
+        c.close()
+
+
+# ---- complaints -------------------------------------------------------------------
+
+def test_complaints_file_list_resolve_and_roles():
+    admin = harness.Client(daemon().addr)
+    harness.login_admin(admin)
+    expect_body(admin.request("upsert_worker", worker_id="w-cmp",
+                              name="Complainer",
+                              password="complain-password-1",
+                              community_id="C1", cell_ids=["C1-002"]), "ok")
+    civil, _ = dept_client()
+    lon, lat = spot(11, 0)
+    (r,) = push(civil, [item("cmp-1", "MZ01", lon, lat)])
+    w = harness.Client(daemon().addr)
+    expect_body(w.login("WORKER", "w-cmp", "complain-password-1"),
+                "login_reply")
+    expect_body(w.request("file_complaint", incident_id=r.incident_id,
+                          reason="unfunded", note="no budget came with it"),
+                "ok")
+    expect_error(w.request("file_complaint", incident_id=r.incident_id,
+                           reason="too_much"), "BAD_REQUEST")
+    expect_error(w.request("file_complaint", incident_id=99999999,
+                           reason="other"), "NOT_FOUND")
+    # Wrong roles.
+    expect_error(civil.request("file_complaint", incident_id=r.incident_id,
+                               reason="other"), "FORBIDDEN")
+    expect_error(w.request("list_complaints"), "FORBIDDEN")
+    expect_error(w.request("resolve_complaint", complaint_id=1,
+                           resolution="x"), "FORBIDDEN")
+    # An admin files on behalf of a community.
+    expect_body(admin.request("file_complaint", community_id="C1",
+                              reason="negative_list",
+                              note="on behalf of C1"), "ok")
+    lst = expect_body(admin.request("list_complaints", open_only=True,
+                                    department_id="civil"),
+                      "complaint_list").complaints
+    mine = [x for x in lst if x.incident_id == r.incident_id]
+    assert len(mine) == 1, lst
+    cmp = mine[0]
+    assert cmp.reason == "unfunded" and cmp.complainant == "w-cmp"
+    assert list(cmp.departments) == ["civil"] and not cmp.resolved
+    expect_body(admin.request("resolve_complaint",
+                              complaint_id=cmp.complaint_id,
+                              resolution="funds transferred"), "ok")
+    expect_error(admin.request("resolve_complaint",
+                               complaint_id=cmp.complaint_id,
+                               resolution="again"), "CONFLICT")
+    expect_error(admin.request("resolve_complaint", complaint_id=987654321,
+                               resolution="x"), "NOT_FOUND")
+    lst = expect_body(admin.request("list_complaints", open_only=True),
+                      "complaint_list").complaints
+    assert cmp.complaint_id not in [x.complaint_id for x in lst]
+    assert any(x.note == "on behalf of C1" for x in lst)
+    for x in (admin, civil, w):
+        x.close()
+
+
+def test_metrics_count_outcomes():
+    import urllib.request
+    daemon()
+    body = urllib.request.urlopen(
+        "http://127.0.0.1:%d/metrics" % _cfg.http_port, timeout=5).read()
+    text = body.decode()
+    for needle in ('gridd_incidents_total{outcome="accepted"}',
+                   'reason="negative_list"', "gridd_push_commit_seconds",
+                   "gridd_push_group_items_bucket"):
+        assert needle in text, needle
+    line = [x for x in text.splitlines()
+            if x.startswith('gridd_incidents_total{outcome="rejected",'
+                            'reason="negative_list"}')][0]
+    assert float(line.split()[-1]) >= 1, line
+
+
+if __name__ == "__main__":
+    harness.main(globals())
