@@ -1,0 +1,448 @@
+"""test_dispatch.py - dispatch to grid workers over the real socket.
+
+One gridd on a fresh database; every test makes its own community (three
+cells in a row), its own workers and incidents, so that no test depends on
+another.  Incidents come from the civil affairs department (category MZ01 =
+elderly_visit: assist list, small matter, routed to the cell's worker).
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import pb, expect_body, expect_error, psql, psql1  # noqa: E402
+import dispatch_common as dc  # noqa: E402
+
+OFFER_TIMEOUT_S = 5		# the smallest the config allows
+
+_env = {}
+
+
+def env():
+    """The shared daemon, started on first use."""
+    if not _env:
+        harness.require_pg()
+        cfg = harness.write_config(
+            harness.tmppath("dispatch.conf"),
+            dispatch__offer_timeout_s=OFFER_TIMEOUT_S,
+            dispatch__max_offers=3,
+            dispatch__scan_interval_s=1,
+            dispatch__merge_radius_m=0,
+            dispatch__checkin_history=3)
+        g = harness.Gridd(cfg).start()
+        _env.update(cfg=cfg, gridd=g, db=cfg.dbname,
+                    admin=dc.admin_client(cfg.addr))
+    return _env
+
+
+_depts = {}
+
+
+def new_incident(tag, cell_no, dept="civil"):
+    """An incident pushed by the department through PushIncidents."""
+    if dept not in _depts:
+        c = harness.Client(env()["cfg"].addr)
+        harness.login_department(c, dept)
+        _depts[dept] = c
+    return dc.push_incident(_depts[dept], tag, cell_no)
+
+
+def community(n_workers_spec):
+    """A community and its workers: spec is [(cells as numbers, max_open)];
+    returns (tag, [worker ids])."""
+    e = env()
+    tag = dc.unique("c")
+    cells = dc.make_community(e["db"], tag)
+    ids = []
+    for i, (nums, max_open) in enumerate(n_workers_spec):
+        wid = "%s-w%d" % (tag, i + 1)
+        dc.upsert_worker(e["admin"], wid, tag, [cells[n - 1] for n in nums],
+                         max_open)
+        ids.append(wid)
+    return tag, ids
+
+
+def on_duty_worker(wid, cell_no=None):
+    """wid (TAG-wN) logged in and on duty, at a point of cell_no if given."""
+    c = dc.worker_client(env()["cfg"].addr, wid)
+    tag = wid.rsplit("-", 1)[0]
+    dc.check_in(c, True, dc.cell_point(tag, cell_no) if cell_no else None)
+    return c
+
+
+# ---- tests ----------------------------------------------------------------
+
+def test_lifecycle_offer_accept_start_resolve_verify():
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([2], 5)])
+    c1 = on_duty_worker(w1, 1)
+    c2 = on_duty_worker(w2, 2)
+    civil = harness.Client(e["cfg"].addr)
+    harness.login_department(civil, "civil")
+    urban = harness.Client(e["cfg"].addr)
+    harness.login_department(urban, "urban")
+    expect_body(civil.request("subscribe", since_seq=0), "ok")
+
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    assert o.reason == "primary_cell", o
+    assert o.cell_id == tag + "-1" and o.state == "offered", o
+    assert list(o.departments) == ["civil"], o
+    assert o.list == pb.ASSIST and o.matter == pb.SMALL, o
+    assert o.offer_expires_at > int(time.time() * 1000), o
+    dc.no_offer(c2, 0.3)
+
+    # Not resolved yet: verifying is a conflict; another department may
+    # not verify at all.
+    err = expect_error(civil.request("verify_incident", incident_id=inc,
+                                     accept=True), "CONFLICT")
+    assert "dispatched" in err.message, err.message
+    expect_error(urban.request("verify_incident", incident_id=inc,
+                               accept=True), "FORBIDDEN")
+
+    expect_body(dc.update(c1, o.assignment_id, "ACCEPT"), "ok")
+    lst = expect_body(c1.request("list_assignments", open_only=True),
+                      "assignment_list")
+    assert [(a.assignment_id, a.state) for a in lst.assignments] == \
+        [(o.assignment_id, "accepted")], lst
+    expect_body(dc.update(c1, o.assignment_id, "START"), "ok")
+    lon, lat = dc.cell_point(tag, 1)
+    expect_body(dc.update(c1, o.assignment_id, "RESOLVE",
+                          note="visited, all well", lon=lon, lat=lat), "ok")
+    assert dc.incident_row(e["db"], inc)[0] == "resolved"
+    expect_error(urban.request("verify_incident", incident_id=inc,
+                               accept=True), "FORBIDDEN")
+    expect_body(civil.request("verify_incident", incident_id=inc,
+                              accept=True, note="confirmed"), "ok")
+    assert dc.incident_row(e["db"], inc)[0] == "closed"
+    row = psql("SELECT state, note, resolve_lon, resolve_lat FROM assignments"
+               " WHERE assignment_id = %d" % o.assignment_id, e["db"])[0]
+    assert row[0] == "resolved" and row[1] == "visited, all well", row
+    assert abs(float(row[2]) - lon) < 1e-9, row
+
+    evs = dc.events_of(e["db"], inc)
+    assert [s for s, _, _ in evs] == ["new", "dispatched", "accepted",
+                                      "in_progress", "resolved", "closed"], evs
+    # The department was told each change, live and in order.
+    S = pb.IncidentUpdate
+    ups = []
+    deadline = time.monotonic() + 5
+    while not ups or ups[-1].status != S.CLOSED:
+        env_ = civil.recv_push(timeout=max(0.01, deadline - time.monotonic()))
+        if env_.WhichOneof("body") == "incident_update" and \
+                env_.incident_update.incident_id == inc:
+            ups.append(env_.incident_update)
+    assert [u.status for u in ups] == [S.NEW, S.DISPATCHED, S.ACCEPTED,
+                                       S.IN_PROGRESS, S.RESOLVED,
+                                       S.CLOSED], ups
+    assert all(a.seq < b.seq for a, b in zip(ups, ups[1:])), ups
+    assert ups[2].worker_id == w1 and ups[4].note == "visited, all well"
+    assert evs[1] == ("dispatched", w1, "offered: primary_cell"), evs
+    assert evs[4][2] == "visited, all well" and evs[5][2] == "confirmed", evs
+    lst = expect_body(c1.request("list_assignments", open_only=True),
+                      "assignment_list")
+    assert len(lst.assignments) == 0, lst
+    lst = expect_body(c1.request("list_assignments", open_only=False),
+                      "assignment_list")
+    assert [a.state for a in lst.assignments] == ["resolved"], lst
+    for c in (c1, c2, civil, urban):
+        c.close()
+
+
+def test_reopen_goes_back_to_dispatch():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    civil = harness.Client(e["cfg"].addr)
+    harness.login_department(civil, "civil")
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    for action in ("ACCEPT", "START", "RESOLVE"):
+        expect_body(dc.update(c1, o.assignment_id, action), "ok")
+    expect_body(civil.request("verify_incident", incident_id=inc,
+                              accept=False, note="still broken"), "ok")
+    o2 = dc.recv_offer(c1, inc)
+    assert o2.assignment_id != o.assignment_id
+    evs = dc.events_of(e["db"], inc)
+    assert [s for s, _, _ in evs][-3:] == ["resolved", "new", "dispatched"]
+    assert evs[-2][2] == "reopened: still broken", evs
+    expect_error(civil.request("verify_incident", incident_id=10 ** 12,
+                               accept=True), "NOT_FOUND")
+    c1.close()
+    civil.close()
+
+
+def test_offer_timeout_moves_to_backup():
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([3, 1], 5)])
+    c1 = on_duty_worker(w1)
+    c2 = on_duty_worker(w2)
+    inc = new_incident(tag, 1)
+    o1 = dc.recv_offer(c1, inc)
+    assert o1.reason == "primary_cell"
+    t0 = time.monotonic()
+    o2 = dc.recv_offer(c2, inc, timeout=OFFER_TIMEOUT_S + 5)
+    waited = time.monotonic() - t0
+    assert waited >= OFFER_TIMEOUT_S - 1.5, waited
+    assert o2.reason == "backup_cell", o2
+    assert dc.assignments_of(e["db"], inc) == [
+        (w1, "expired", "primary_cell"), (w2, "offered", "backup_cell")]
+    # The expired offer cannot be accepted any more.
+    err = expect_error(dc.update(c1, o1.assignment_id, "ACCEPT"), "CONFLICT")
+    assert "expired" in err.message, err.message
+    c1.close()
+    c2.close()
+
+
+def test_decline_moves_on_at_once():
+    e = env()
+    tag, (w1, w2, w3) = community([([1], 5), ([3, 1], 5), ([2], 5)])
+    c1 = on_duty_worker(w1)
+    c2 = on_duty_worker(w2)
+    c3 = on_duty_worker(w3)
+    inc = new_incident(tag, 1)
+    o1 = dc.recv_offer(c1, inc)
+    expect_body(dc.update(c1, o1.assignment_id, "DECLINE",
+                          note="on leave today"), "ok")
+    o2 = dc.recv_offer(c2, inc, timeout=2)
+    assert o2.reason == "backup_cell"
+    expect_body(dc.update(c2, o2.assignment_id, "DECLINE", note="busy"), "ok")
+    o3 = dc.recv_offer(c3, inc, timeout=2)
+    assert o3.reason == "neighbour_cell", o3
+    expect_body(dc.update(c3, o3.assignment_id, "DECLINE"), "ok")
+    # Three offers declined: escalated, and nobody is asked twice.
+    dc.wait_for(lambda: dc.incident_row(e["db"], inc)[0] == "escalated",
+                what="escalation")
+    assert dc.incident_row(e["db"], inc)[1] == "max_offers"
+    assert psql1("SELECT note FROM assignments WHERE assignment_id = %d"
+                 % o1.assignment_id, e["db"]) == "on leave today"
+    dc.no_offer(c1, 1.5)
+    for c in (c1, c2, c3):
+        c.close()
+
+
+def test_capacity_and_least_loaded():
+    e = env()
+    tag, (w1, w2) = community([([1], 1), ([2, 1], 2)])
+    c1 = on_duty_worker(w1)
+    c2 = on_duty_worker(w2)
+    i1 = new_incident(tag, 1)
+    o1 = dc.recv_offer(c1, i1)
+    assert o1.reason == "primary_cell"
+    # w1 is at max_open 1: the next goes to w2 (backup for cell 1).
+    i2 = new_incident(tag, 1)
+    o2 = dc.recv_offer(c2, i2)
+    assert o2.reason == "backup_cell", o2
+    expect_body(dc.update(c2, o2.assignment_id, "ACCEPT"), "ok")
+    # Cell 2: w2 is primary there (tier 1) and not full.
+    i3 = new_incident(tag, 2)
+    o3 = dc.recv_offer(c2, i3)
+    assert o3.reason == "primary_cell", o3
+    expect_body(dc.update(c2, o3.assignment_id, "ACCEPT"), "ok")
+    # Everyone is full now.
+    i4 = new_incident(tag, 1)
+    dc.wait_for(lambda: dc.incident_row(e["db"], i4)[0] == "escalated",
+                what="escalation")
+    assert dc.incident_row(e["db"], i4)[1] == "all_at_capacity"
+    evs = dc.events_of(e["db"], i4)
+    assert evs[-1] == ("escalated", "", "no worker: all_at_capacity"), evs
+    # A finished assignment frees a place: the escalated incident is
+    # retried by the periodic scan.
+    for action in ("ACCEPT", "START", "RESOLVE"):
+        expect_body(dc.update(c1, o1.assignment_id, action), "ok")
+    o4 = dc.recv_offer(c1, i4, timeout=5)
+    assert o4.reason == "primary_cell"
+    open_counts = psql(
+        "SELECT worker_id, count(*) FROM assignments WHERE state IN "
+        "('offered', 'accepted', 'in_progress') AND community_id = '%s' "
+        "GROUP BY 1 ORDER BY 1" % tag, e["db"])
+    assert open_counts == [[w1, "1"], [w2, "2"]], open_counts
+    c1.close()
+    c2.close()
+
+
+def test_least_loaded_then_nearest():
+    e = env()
+    tag, (w1, w2, w3) = community([([1], 5), ([1], 5), ([1], 5)])
+    c1 = on_duty_worker(w1, 3)		# far
+    c2 = on_duty_worker(w2, 1)		# near
+    c3 = on_duty_worker(w3)		# no position
+    i1 = new_incident(tag, 1)
+    o = dc.recv_offer(c2, i1)
+    assert o.reason == "nearest", o
+    i2 = new_incident(tag, 1)
+    o = dc.recv_offer(c1, i2)
+    # w2 has one open now, w1 and w3 none; w1 has a position.
+    assert o.reason == "nearest", o
+    i3 = new_incident(tag, 1)
+    o = dc.recv_offer(c3, i3)
+    assert o.reason == "least_loaded", o
+    for c in (c1, c2, c3):
+        c.close()
+
+
+def test_no_worker_escalated_then_dispatched_on_check_in():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = dc.worker_client(e["cfg"].addr, w1)
+    dc.check_in(c1, False)
+    inc = new_incident(tag, 1)
+    dc.wait_for(lambda: dc.incident_row(e["db"], inc)[0] == "escalated",
+                what="escalation")
+    assert dc.incident_row(e["db"], inc)[1] == "all_off_duty"
+    evs = dc.events_of(e["db"], inc)
+    assert evs[-1] == ("escalated", "", "no worker: all_off_duty"), evs
+    # A community nobody works in at all.
+    tag2, _ = community([])
+    inc2 = new_incident(tag2, 2)
+    dc.wait_for(lambda: dc.incident_row(e["db"], inc2)[0] == "escalated",
+                what="escalation")
+    assert dc.incident_row(e["db"], inc2)[1] == "no_workers"
+
+    t0 = time.monotonic()
+    dc.check_in(c1, True, dc.cell_point(tag, 1))
+    o = dc.recv_offer(c1, inc, timeout=3)
+    assert time.monotonic() - t0 < 1.0, "retry waited for the scan"
+    assert o.reason == "primary_cell"
+    assert dc.incident_row(e["db"], inc)[0] == "dispatched"
+    # The check-in history is bounded per worker (checkin_history = 3).
+    for _ in range(4):
+        dc.check_in(c1, True, dc.cell_point(tag, 2))
+    assert psql1("SELECT count(*) FROM worker_checkins WHERE worker_id = "
+                 "'%s'" % w1, e["db"]) == "3"
+    c1.close()
+
+
+def test_idempotent_replay():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    for _ in range(3):
+        expect_body(dc.update(c1, o.assignment_id, "ACCEPT", key="q-1"), "ok")
+    expect_body(dc.update(c1, o.assignment_id, "START", key="q-2"), "ok")
+    # Replayed after the state moved on: still Ok, no effect.
+    expect_body(dc.update(c1, o.assignment_id, "ACCEPT", key="q-1"), "ok")
+    expect_body(dc.update(c1, o.assignment_id, "START", key="q-2"), "ok")
+    # The same key for another action is a conflict.
+    expect_error(dc.update(c1, o.assignment_id, "RESOLVE", key="q-1"),
+                 "CONFLICT")
+    evs = [s for s, _, _ in dc.events_of(e["db"], inc)]
+    assert evs == ["new", "dispatched", "accepted", "in_progress"], evs
+    assert psql1("SELECT count(*) FROM assignment_actions WHERE worker_id ="
+                 " '%s'" % w1, e["db"]) == "2"
+    # A replay arriving on a new connection (the phone reconnected).
+    c1b = dc.worker_client(e["cfg"].addr, w1)
+    expect_body(dc.update(c1b, o.assignment_id, "START", key="q-2"), "ok")
+    c1.close()
+    c1b.close()
+
+
+def test_illegal_transitions_conflict():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    err = expect_error(dc.update(c1, o.assignment_id, "START"), "CONFLICT")
+    assert "offered" in err.message, err.message
+    expect_error(dc.update(c1, o.assignment_id, "RESOLVE"), "CONFLICT")
+    expect_body(dc.update(c1, o.assignment_id, "ACCEPT"), "ok")
+    err = expect_error(dc.update(c1, o.assignment_id, "ACCEPT"), "CONFLICT")
+    assert "accepted" in err.message, err.message
+    expect_error(dc.update(c1, o.assignment_id, "DECLINE"), "CONFLICT")
+    expect_error(dc.update(c1, o.assignment_id, "ACTION_UNSPECIFIED"),
+                 "BAD_REQUEST")
+    assert dc.incident_row(e["db"], inc)[0] == "accepted"
+    c1.close()
+
+
+def test_wrong_worker_forbidden():
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([2], 5)])
+    c1 = on_duty_worker(w1)
+    c2 = on_duty_worker(w2)
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    expect_error(dc.update(c2, o.assignment_id, "ACCEPT"), "FORBIDDEN")
+    expect_error(dc.update(c2, 10 ** 12, "ACCEPT"), "NOT_FOUND")
+    lst = expect_body(c2.request("list_assignments", open_only=False),
+                      "assignment_list")
+    assert len(lst.assignments) == 0, lst
+    # Departments and admins have no worker requests.
+    civil = harness.Client(e["cfg"].addr)
+    harness.login_department(civil, "civil")
+    expect_error(dc.update(civil, o.assignment_id, "ACCEPT"), "FORBIDDEN")
+    assert dc.assignments_of(e["db"], inc)[0][1] == "offered"
+    for c in (c1, c2, civil):
+        c.close()
+
+
+def test_offer_delivered_at_login():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    c1.close()			# on duty, but not connected
+    inc = new_incident(tag, 1)
+    dc.wait_for(lambda: dc.assignments_of(e["db"], inc), what="the offer")
+    c1 = dc.worker_client(e["cfg"].addr, w1)
+    o = dc.recv_offer(c1, inc)
+    assert o.state == "offered" and o.reason == "primary_cell", o
+    lst = expect_body(c1.request("list_assignments", open_only=True),
+                      "assignment_list")
+    assert [a.incident_id for a in lst.assignments] == [inc], lst
+    c1.close()
+
+
+def test_sla_overdue_escalated_once():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    inc = dc.sql_incident(e["db"], tag, 1,
+                          deadline="now() + interval '2 seconds'")
+    o = dc.recv_offer(c1, inc)
+    expect_body(dc.update(c1, o.assignment_id, "ACCEPT"), "ok")
+    dc.wait_for(lambda: dc.incident_row(e["db"], inc)[2] == "t", timeout=8,
+                what="SLA escalation")
+    assert dc.incident_row(e["db"], inc)[0] == "accepted"
+    time.sleep(1.5)
+    evs = dc.events_of(e["db"], inc)
+    assert [ev for ev in evs if ev[0] == "escalated"] == [
+        ("escalated", "", "sla overdue")], evs
+    assert psql1("SELECT count(*) FROM timers WHERE kind = 'sla' AND "
+                 "ref_id = %d" % inc, e["db"]) == "0"
+    # Still open: the worker goes on.
+    expect_body(dc.update(c1, o.assignment_id, "START"), "ok")
+    c1.close()
+
+
+def test_metrics_move():
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    o = dc.recv_offer(c1, new_incident(tag, 1))
+    expect_body(dc.update(c1, o.assignment_id, "ACCEPT"), "ok")
+    c1.close()
+    import urllib.request
+    body = urllib.request.urlopen(
+        "http://127.0.0.1:%d/metrics" % e["cfg"].http_port,
+        timeout=5).read().decode()
+    vals = {}
+    for line in body.splitlines():
+        if line.startswith("gridd_offers_total{") or \
+                line.startswith("gridd_escalations_total{"):
+            k, v = line.rsplit(" ", 1)
+            vals[k] = float(v)
+    assert vals.get('gridd_offers_total{event="sent"}', 0) > 0, vals
+    assert vals.get('gridd_offers_total{event="accepted"}', 0) > 0, vals
+    assert 'gridd_offer_push_latency_seconds_count' in body
+    assert 'gridd_timer_lag_seconds_bucket' in body
+
+
+if __name__ == "__main__":
+    harness.skip_unless_pg()
+    harness.main(globals())
