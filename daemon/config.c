@@ -201,8 +201,28 @@ static const struct key_def keys[] = {
 	    0, "and within this time"),
 	KC(P, "max_batch", CFG_T_INT, max_batch, "1000", 1, 100000, 0,
 	    "incidents per PushIncidents"),
+	KC(P, "push_max_future_s", CFG_T_INT, push_max_future_s, "600", 0,
+	    86400, 0, "an incident's occurred_at may be this far ahead of "
+	    "the server's clock"),
+	KC(P, "push_max_age_days", CFG_T_INT, push_max_age_days, "365", 1,
+	    36500, 0, "and this far in the past"),
+	KC(P, "group_commit_max_items", CFG_T_INT, group_commit_max_items,
+	    "5000", 1, 1000000, 0, "incidents of concurrent pushes combined "
+	    "into one transaction (group commit)"),
+	KC(P, "push_queue_max_items", CFG_T_INT, push_queue_max_items,
+	    "200000", 1, 10000000, 0, "incidents waiting for a transaction; "
+	    "pushes beyond it are UNAVAILABLE"),
+	KC(P, "subscribe_page", CFG_T_INT, subscribe_page, "500", 1, 100000,
+	    0, "events read per query for one subscriber"),
 	KC(P, "checkin_max_age_s", CFG_T_INT, checkin_max_age_s, "900", 10,
 	    86400, 0, "older check-in positions are ignored for distance"),
+	KC(P, "checkin_history", CFG_T_INT, checkin_history, "100", 1,
+	    100000, 0, "check-in history rows kept per worker"),
+	KC(P, "scan_interval_s", CFG_T_INT, scan_interval_s, "10", 1, 3600, 0,
+	    "escalated incidents are retried and missed work found this "
+	    "often"),
+	KC(P, "dispatch_batch", CFG_T_INT, dispatch_batch, "32", 1, 64, 0,
+	    "incidents or timers handled per database statement"),
 
 	KA("key_sha256", CFG_T_SHA256, key_sha256, NULL, F_REQ,
 	    "SHA-256 of the admin's key"),

@@ -129,7 +129,15 @@ struct cfg {
 	double merge_radius_m;
 	int merge_window_s;
 	int max_batch;			/* incidents per PushIncidents */
+	int push_max_future_s;		/* occurred_at at most this far ahead */
+	int push_max_age_days;		/* and at most this far back */
+	int group_commit_max_items;	/* items per ingest transaction */
+	int push_queue_max_items;	/* items waiting for a transaction */
+	int subscribe_page;		/* events fetched per subscriber query */
 	int checkin_max_age_s;
+	int checkin_history;		/* check-in rows kept per worker */
+	int scan_interval_s;		/* dispatch and timer safety scan */
+	int dispatch_batch;		/* incidents or timers per statement */
 
 	struct cfg_admin *admins;
 	size_t n_admins;

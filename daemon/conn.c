@@ -64,6 +64,7 @@ struct conn {
 	char host[INET6_ADDRSTRLEN];
 	char principal[CONN_PRINCIPAL_MAX + 1];
 	char prefix[32 + INET6_ADDRSTRLEN + CONN_PRINCIPAL_MAX];
+	struct rpc_inflight *inflight;	/* owned by rpc.c */
 };
 
 TAILQ_HEAD(conn_list, conn);
@@ -277,6 +278,7 @@ conn_free(struct conn *c)
 		LIST_REMOVE(c, by_principal);
 	}
 	stats.current--;
+	rpc_conn_freed(c);
 	log_debug("%s freed", c->prefix);
 	if (c->tls) {
 		SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
@@ -434,6 +436,10 @@ conn_send(struct conn *c, const Gridd__V1__Envelope *env)
 {
 	struct evbuffer *out;
 
+	/* Before the closing check: a request answered to a closing
+	 * connection still took its time. */
+	if (env->request_id != 0)
+		rpc_replied(c, env);
 	if (c->state == CONN_CLOSING) {
 		stats.replies_dropped++;
 		return;
@@ -719,6 +725,12 @@ conn_principal(const struct conn *c)
 	return c->principal;
 }
 
+size_t
+conn_output_len(const struct conn *c)
+{
+	return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
 const char *
 conn_peer_host(const struct conn *c)
 {
@@ -729,6 +741,12 @@ const char *
 conn_log_prefix(const struct conn *c)
 {
 	return c->prefix;
+}
+
+struct rpc_inflight **
+conn_inflight(struct conn *c)
+{
+	return &c->inflight;
 }
 
 uint64_t

@@ -94,8 +94,16 @@ enum conn_state conn_state(const struct conn *c);
 enum conn_role conn_role(const struct conn *c);
 const char *conn_principal(const struct conn *c);	/* "" before login */
 const char *conn_peer_host(const struct conn *c);	/* numeric address */
+/* Bytes queued for the peer and not yet written: producers of pushes (event
+ * replay) stop while it is high and resume once it drained. */
+size_t conn_output_len(const struct conn *c);
 const char *conn_log_prefix(const struct conn *c);	/* "c#42 host:port ..." */
 uint64_t conn_id(const struct conn *c);
+/* Requests of this connection not answered yet: rpc.c keeps them there (for
+ * latency and the request log); conn.c hands them back through
+ * rpc_replied() and rpc_conn_freed(). */
+struct rpc_inflight;
+struct rpc_inflight **conn_inflight(struct conn *c);
 
 const char *conn_state_name(enum conn_state s);
 const char *conn_role_name(enum conn_role r);

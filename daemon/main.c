@@ -12,6 +12,10 @@
 #include "config.h"
 #include "conn.h"
 #include "db.h"
+#include "dispatch.h"
+#include "events.h"
+#include "feed.h"
+#include "grid.h"
 #include "gridd.h"
 #include "http.h"
 #include "listener.h"
@@ -115,6 +119,8 @@ reload(void)
 
 	running_cfg = next;
 	gridd.cfg = next;
+	/* Before old is freed: the grid compares its keys with next's. */
+	grid_config_changed(old, next);
 	cfg_free(old);
 	log_info("event=reload outcome=ok path=%s", next->path);
 	sdnotify_ready();
@@ -291,6 +297,13 @@ main(int argc, char **argv)
 		log_fatal(1, "event=start error=\"signal setup failed\"");
 	if (!session_init())
 		log_fatal(1, "event=start error=\"session setup failed\"");
+	if (!grid_init())
+		log_fatal(1, "event=start error=\"grid setup failed\"");
+	if (!disp_init())
+		log_fatal(1, "event=start error=\"dispatch setup failed\"");
+	feed_init();
+	if (!events_init())
+		log_fatal(1, "event=start error=\"events setup failed\"");
 	metrics_register("db", db_metrics);
 	if (!listener_start(running_cfg))
 		log_fatal(1, "event=start error=\"cannot listen\"");
@@ -307,9 +320,13 @@ main(int argc, char **argv)
 	 * only real leaks. */
 	listener_free();
 	session_shutdown();
+	grid_shutdown();
 	/* The pool first: its failing callbacks still find their connections
 	 * and probes alive, and replies to closing connections are dropped. */
 	db_pool_free(gridd.db);
+	disp_shutdown();
+	feed_shutdown();
+	events_shutdown();
 	conn_close_all("shutdown");
 	conn_free_all();
 	http_free();

@@ -25,6 +25,11 @@ struct rpc_stat {
 	uint64_t denied;	/* refused by the role check */
 };
 
+/* conn.c calls these: a reply (request_id != 0) is about to be sent to c,
+ * and c is being freed with whatever it never answered. */
+void rpc_replied(struct conn *c, const Gridd__V1__Envelope *env);
+void rpc_conn_freed(struct conn *c);
+
 /* Fills up to max entries; returns the number of request types. */
 size_t rpc_stats(struct rpc_stat *out, size_t max);
 /* Prometheus figures per request type. */

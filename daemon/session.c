@@ -17,6 +17,8 @@
 #include "config.h"
 #include "conn.h"
 #include "db.h"
+#include "dispatch.h"
+#include "events.h"
 #include "gridd.h"
 #include "log.h"
 #include "rpc.h"
@@ -509,6 +511,8 @@ struct login_req {
 	char rl_key[RL_KEY_MAX];	/* "role:principal", "" if none */
 	char token[SESSION_TOKEN_HEX + 1];
 	bool resumed;
+	uint64_t since_seq;	/* Login.since_seq */
+	uint64_t last_seq;	/* a department's current dept_seq */
 };
 
 static struct login_req *
@@ -558,6 +562,22 @@ login_failed(struct login_req *r, const char *why, const char *msg)
 	login_error(r, GRIDD__V1__ERROR_CODE__UNAUTHENTICATED, msg);
 }
 
+/* A department's LoginReply.last_seq: its current dept_seq, read in the
+ * statement that stored the session (NULL: no event yet, 0). */
+static bool
+session_last_seq(struct login_req *r, const struct db_res *res, int col)
+{
+	int64_t v;
+
+	r->last_seq = 0;
+	if (db_res_cols(res) <= col || db_res_isnull(res, 0, col))
+		return true;
+	if (!db_res_int64(res, 0, col, &v) || v < 0)
+		return false;
+	r->last_seq = (uint64_t)v;
+	return true;
+}
+
 static void
 login_succeeded(struct login_req *r, int64_t expires_at)
 {
@@ -579,12 +599,18 @@ login_succeeded(struct login_req *r, int64_t expires_at)
 	rep.session_token = r->token;
 	rep.role = (Gridd__V1__Role)r->role;
 	rep.principal = r->principal;
-	rep.last_seq = 0;
+	rep.last_seq = r->last_seq;
 	rep.expires_at = expires_at;
 	env.request_id = r->request_id;
 	env.body_case = GRIDD__V1__ENVELOPE__BODY_LOGIN_REPLY;
 	env.login_reply = &rep;
 	conn_send(r->c, &env);
+	if (r->role == CONN_ROLE_WORKER)
+		disp_worker_login(r->c);
+	/* A department asking for what it missed gets the Subscribe replay,
+	 * after the reply that tells it where the sequence stands. */
+	if (r->role == CONN_ROLE_DEPARTMENT && r->since_seq > 0)
+		events_start(r->c, r->since_seq);
 	login_req_done(r);
 }
 
@@ -598,7 +624,8 @@ session_insert_cb(void *arg, const struct db_res *res)
 	Gridd__V1__ErrorCode code;
 
 	if (st != DB_OK || db_res_rows(res) != 1 ||
-	    !db_res_int64(res, 0, 0, &expires_at)) {
+	    !db_res_int64(res, 0, 0, &expires_at) ||
+	    !session_last_seq(r, res, 1)) {
 		log_warn("%s event=login outcome=error stage=session_insert "
 		    "error=\"%s\"", conn_log_prefix(r->c), db_res_error(res));
 		code = db_error_code(st == DB_OK ? DB_SQL_ERROR : st, "", &msg);
@@ -662,7 +689,9 @@ session_create(struct login_req *r)
 	    "INSERT INTO sessions (token_sha256, role, principal, community_id,"
 	    " expires_at) VALUES ($1::bytea, $2, $3, $4,"
 	    " now() + make_interval(secs => $5::int))"
-	    " RETURNING (extract(epoch FROM expires_at) * 1000)::bigint",
+	    " RETURNING (extract(epoch FROM expires_at) * 1000)::bigint,"
+	    " (SELECT d.last_seq FROM department_seq d"
+	    " WHERE $2 = 'department' AND d.department_id = $3)",
 	    5, params, session_insert_cb, r))
 		login_error(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "database unavailable");
@@ -804,7 +833,8 @@ resume_cb(void *arg, const struct db_res *res)
 	}
 	if (db_res_rows(res) != 1 || db_res_isnull(res, 0, 0) ||
 	    !valid_id(db_res_get(res, 0, 0)) ||
-	    !db_res_int64(res, 0, 1, &expires_at)) {
+	    !db_res_int64(res, 0, 1, &expires_at) ||
+	    !session_last_seq(r, res, 2)) {
 		login_failed(r, "token_unknown_or_expired",
 		    "session expired or unknown");
 		return;
@@ -837,7 +867,10 @@ login_resume(struct login_req *r, const char *token)
 	    " WHERE token_sha256 = $1::bytea AND role = $2"
 	    " AND ($3 = '' OR principal = $3) AND expires_at > now()"
 	    " RETURNING principal,"
-	    " (extract(epoch FROM expires_at) * 1000)::bigint",
+	    " (extract(epoch FROM expires_at) * 1000)::bigint,"
+	    " (SELECT d.last_seq FROM department_seq d"
+	    " WHERE sessions.role = 'department'"
+	    " AND d.department_id = sessions.principal)",
 	    3, params, resume_cb, r))
 		login_error(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "database unavailable");
@@ -906,6 +939,7 @@ session_login(struct conn *c, const Gridd__V1__Envelope *env)
 		return;
 	}
 	r = login_req_new(c, env->request_id, role, principal);
+	r->since_seq = in->since_seq;
 	if (token[0] != '\0')
 		login_resume(r, token);
 	else if (role == CONN_ROLE_WORKER)

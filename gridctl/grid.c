@@ -587,10 +587,31 @@ grid_command(struct gc_session *s, int argc, char **argv)
 		gc_print_reply(s, reply, NULL);
 	else
 		print_table(reply->grid_reply);
-	if (rc == GC_EXIT_OK && !s->json && (map || (geojson != NULL &&
-	    strcmp(geojson, "-") != 0)))
-		printf("%s: %zu cells written to %s\n", community,
-		    reply->grid_reply->n_cells, map ? svg : geojson);
+	if (rc == GC_EXIT_OK && (map || (geojson != NULL &&
+	    strcmp(geojson, "-") != 0))) {
+		const char *file = map ? svg : geojson;
+
+		/* --json promises one JSON object per command on stdout. */
+		if (s->json) {
+			json_object *o = json_object_new_object();
+
+			json_object_object_add(o, "type",
+			    json_object_new_string(map ? "grid_map" :
+			    "grid_geojson"));
+			json_object_object_add(o, "community_id",
+			    json_object_new_string(community));
+			json_object_object_add(o, "cells", json_object_new_int64(
+			    (int64_t)reply->grid_reply->n_cells));
+			json_object_object_add(o, "file",
+			    json_object_new_string(file));
+			printf("%s\n", json_object_to_json_string_ext(o,
+			    JSON_C_TO_STRING_PLAIN));
+			json_object_put(o);
+		} else {
+			printf("%s: %zu cells written to %s\n", community,
+			    reply->grid_reply->n_cells, file);
+		}
+	}
 	frame_envelope_free(reply);
 	return rc;
 usage:

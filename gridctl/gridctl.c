@@ -12,9 +12,12 @@
 
 #include "buildconf.h"
 #include "frame.h"
+#include "grid.h"
+#include "import.h"
 #include "parse.h"
 #include "push.h"
 #include "render.h"
+#include "report.h"
 #include "session.h"
 
 #define GC_DEFAULT_ADDR "127.0.0.1:7700"
@@ -45,16 +48,30 @@ static const char usage_text[] =
 "  worker upsert ID --name NAME --community C [--cell CELL ...] [--max-open N]\n"
 "                    [--password-stdin]   password from env GRIDD_WORKER_PASSWORD\n"
 "                                    or the next line of standard input\n"
-"  grid show COMMUNITY [--geojson]   cells of a community\n"
-"  partition COMMUNITY|--all         re-partition into cells\n"
+"  grid show COMMUNITY [--geojson FILE|-]\n"
+"                                    cells of a community: a table, or a\n"
+"                                    GeoJSON FeatureCollection for GIS tools\n"
+"  grid map COMMUNITY --svg FILE     the cells drawn with their household counts\n"
+"  partition COMMUNITY|--all         re-partition into cells and print the\n"
+"                                    report (waits up to 30 minutes)\n"
 "  report burden [--from T] [--to T] [--community C]\n"
-"                                    T: milliseconds or YYYY-MM-DD[THH:MM:SS]\n"
+"                [--csv | --json | --html FILE]\n"
+"                                    T: milliseconds or YYYY-MM-DD[THH:MM:SS];\n"
+"                                    default the beginning .. now\n"
 "  complaints [--open] [--department D]\n"
 "  push FILE [--batch N]            incidents from CSV: a header of IncidentIn\n"
 "                                    fields (ext_id,category,occurred_at,lon,lat,...)\n"
-"  import communities FILE.geojson\n"
+"  import communities FILE.geojson  Polygon/MultiPolygon features with an id\n"
+"                                    (or name), a name and an optional 12-digit code\n"
 "  import buildings FILE.csv|FILE.geojson\n"
-"  import layer DEPARTMENT FILE.geojson\n"
+"                                    CSV header id,community,kind,households,levels,\n"
+"                                    lon,lat,area_m2 (municipality, centroid_lon,\n"
+"                                    centroid_lat accepted), or GeoJSON footprints\n"
+"  import layer DEPARTMENT FILE.geojson [--merge]\n"
+"                                    a department's grid polygons (property code);\n"
+"                                    replaces its layer unless --merge\n"
+"      import options: --strict (any bad row refuses the import), --batch N\n"
+"      (rows per request, default 2000), --batch-bytes N (default 921600)\n"
 "\n"
 "exit status: 0 success, 1 the server answered with an error, 2 usage,\n"
 "3 connection or transport error.\n";
@@ -265,165 +282,6 @@ cmd_worker(struct gc_session *s, int argc, char **argv)
 	return rc;
 }
 
-/* Cells as a GeoJSON FeatureCollection. The geometry strings come from the
- * server's PostGIS; only objects are passed through, anything else is
- * written as a null geometry. */
-static void
-print_geojson(const Gridd__V1__GridReply *g)
-{
-	fputs("{\"type\":\"FeatureCollection\",\"features\":[", stdout);
-	for (size_t i = 0; i < g->n_cells; i++) {
-		const Gridd__V1__Cell *c = g->cells[i];
-		size_t n = strlen(c->geojson);
-
-		if (i > 0)
-			fputc(',', stdout);
-		fputs("\n{\"type\":\"Feature\",\"properties\":", stdout);
-		render_json_message(stdout, &c->base);
-		fputs(",\"geometry\":", stdout);
-		if (n >= 2 && c->geojson[0] == '{' && c->geojson[n - 1] == '}')
-			fputs(c->geojson, stdout);
-		else
-			fputs("null", stdout);
-		fputc('}', stdout);
-	}
-	fputs("\n]}\n", stdout);
-}
-
-/* A left-aligned table column of server text, control characters escaped. */
-static void
-text_cell(const char *s, int width)
-{
-	int n = (int)strlen(s);
-
-	render_text_string(stdout, s);
-	printf("%*s", n < width ? width - n + 1 : 1, "");
-}
-
-static int
-cmd_grid(struct gc_session *s, int argc, char **argv)
-{
-	static const struct option lopts[] = {
-		{ "geojson", no_argument, NULL, 'g' },
-		{ NULL, 0, NULL, 0 },
-	};
-	Gridd__V1__Envelope req = GRIDD__V1__ENVELOPE__INIT, *reply = NULL;
-	Gridd__V1__GetGrid get = GRIDD__V1__GET_GRID__INIT;
-	bool geojson = false;
-	int ch, rc;
-
-	if (argc < 2 || strcmp(argv[1], "show") != 0)
-		return usage_error("grid: want 'grid show COMMUNITY'");
-	argc--;
-	argv++;
-	getopt_reset();
-	while ((ch = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
-		if (ch != 'g')
-			return GC_EXIT_USAGE;
-		geojson = true;
-	}
-	if (optind != argc - 1 || !gcp_id(argv[optind]))
-		return usage_error("grid show: want one community id");
-	get.community_id = argv[optind];
-	req.body_case = GRIDD__V1__ENVELOPE__BODY_GET_GRID;
-	req.get_grid = &get;
-	rc = gc_session_open(s);
-	if (rc != GC_EXIT_OK)
-		return rc;
-	rc = gc_session_call(s, &req, &reply);
-	if (rc != GC_EXIT_OK)
-		return rc;
-	if (reply->body_case != GRIDD__V1__ENVELOPE__BODY_GRID_REPLY)
-		rc = gc_reply_failed(s, reply);
-	else if (geojson)
-		print_geojson(reply->grid_reply);
-	else if (s->json)
-		gc_print_reply(s, reply, NULL);
-	else {
-		const Gridd__V1__GridReply *g = reply->grid_reply;
-
-		printf("%-24s %-14s %10s %9s\n", "cell", "kind",
-		    "households", "buildings");
-		for (size_t i = 0; i < g->n_cells; i++) {
-			text_cell(g->cells[i]->cell_id, 24);
-			text_cell(g->cells[i]->kind, 14);
-			printf(" %10d %9d\n", g->cells[i]->households,
-			    g->cells[i]->buildings);
-		}
-		printf("%zu cells\n", g->n_cells);
-	}
-	frame_envelope_free(reply);
-	return rc;
-}
-
-static int
-cmd_partition(struct gc_session *s, int argc, char **argv)
-{
-	Gridd__V1__Envelope req = GRIDD__V1__ENVELOPE__INIT;
-	Gridd__V1__Repartition rp = GRIDD__V1__REPARTITION__INIT;
-
-	if (argc != 2)
-		return usage_error("partition: want COMMUNITY or --all");
-	if (strcmp(argv[1], "--all") != 0) {
-		if (argv[1][0] == '-' || !gcp_id(argv[1]))
-			return usage_error("partition: bad community id: %s",
-			    argv[1]);
-		rp.community_id = argv[1];
-	}
-	req.body_case = GRIDD__V1__ENVELOPE__BODY_REPARTITION;
-	req.repartition = &rp;
-	return simple_call(s, &req,
-	    GRIDD__V1__ENVELOPE__BODY_REPARTITION_REPLY);
-}
-
-static int
-cmd_report(struct gc_session *s, int argc, char **argv)
-{
-	static const struct option lopts[] = {
-		{ "from", required_argument, NULL, 'f' },
-		{ "to", required_argument, NULL, 't' },
-		{ "community", required_argument, NULL, 'c' },
-		{ NULL, 0, NULL, 0 },
-	};
-	Gridd__V1__Envelope req = GRIDD__V1__ENVELOPE__INIT;
-	Gridd__V1__GetBurdenReport br = GRIDD__V1__GET_BURDEN_REPORT__INIT;
-	int ch;
-
-	if (argc < 2 || strcmp(argv[1], "burden") != 0)
-		return usage_error("report: want 'report burden'");
-	argc--;
-	argv++;
-	getopt_reset();
-	while ((ch = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
-		switch (ch) {
-		case 'f':
-			if (!gcp_time_ms(optarg, &br.from))
-				return usage_error("bad --from: %s", optarg);
-			break;
-		case 't':
-			if (!gcp_time_ms(optarg, &br.to))
-				return usage_error("bad --to: %s", optarg);
-			break;
-		case 'c':
-			if (!gcp_id(optarg))
-				return usage_error("bad community id: %s",
-				    optarg);
-			br.community_id = optarg;
-			break;
-		default:
-			return GC_EXIT_USAGE;
-		}
-	}
-	if (optind != argc)
-		return usage_error("report burden: unexpected argument %s",
-		    argv[optind]);
-	if (br.to != 0 && br.from > br.to)
-		return usage_error("report burden: --from is after --to");
-	req.body_case = GRIDD__V1__ENVELOPE__BODY_GET_BURDEN_REPORT;
-	req.get_burden_report = &br;
-	return simple_call(s, &req, GRIDD__V1__ENVELOPE__BODY_BURDEN_REPORT);
-}
-
 static int
 cmd_complaints(struct gc_session *s, int argc, char **argv)
 {
@@ -460,20 +318,6 @@ cmd_complaints(struct gc_session *s, int argc, char **argv)
 	return simple_call(s, &req, GRIDD__V1__ENVELOPE__BODY_COMPLAINT_LIST);
 }
 
-/* The file must exist and be readable before anything is sent. */
-static bool
-readable(const char *path)
-{
-	FILE *fp = fopen(path, "r");
-
-	if (fp == NULL) {
-		fprintf(stderr, "gridctl: %s: %s\n", path, strerror(errno));
-		return false;
-	}
-	fclose(fp);
-	return true;
-}
-
 static int
 cmd_push(struct gc_session *s, int argc, char **argv)
 {
@@ -495,36 +339,6 @@ cmd_push(struct gc_session *s, int argc, char **argv)
 	return push_file(s, argv[optind], (size_t)batch);
 }
 
-static int
-cmd_import(struct gc_session *s, int argc, char **argv)
-{
-	Gridd__V1__Envelope req = GRIDD__V1__ENVELOPE__INIT;
-	Gridd__V1__ImportCommunities ic = GRIDD__V1__IMPORT_COMMUNITIES__INIT;
-	Gridd__V1__ImportBuildings ib = GRIDD__V1__IMPORT_BUILDINGS__INIT;
-	Gridd__V1__ImportLayer il = GRIDD__V1__IMPORT_LAYER__INIT;
-	const char *file;
-
-	if (argc == 3 && strcmp(argv[1], "communities") == 0) {
-		req.body_case = GRIDD__V1__ENVELOPE__BODY_IMPORT_COMMUNITIES;
-		req.import_communities = &ic;
-	} else if (argc == 3 && strcmp(argv[1], "buildings") == 0) {
-		req.body_case = GRIDD__V1__ENVELOPE__BODY_IMPORT_BUILDINGS;
-		req.import_buildings = &ib;
-	} else if (argc == 4 && strcmp(argv[1], "layer") == 0) {
-		if (!gcp_id(argv[2]))
-			return usage_error("bad department id: %s", argv[2]);
-		il.department_id = argv[2];
-		req.body_case = GRIDD__V1__ENVELOPE__BODY_IMPORT_LAYER;
-		req.import_layer = &il;
-	} else
-		return usage_error("import: want communities FILE, buildings "
-		    "FILE or layer DEPARTMENT FILE");
-	file = argv[argc - 1];
-	if (!readable(file))
-		return GC_EXIT_USAGE;
-	return simple_call(s, &req, GRIDD__V1__ENVELOPE__BODY_IMPORT_REPLY);
-}
-
 struct command {
 	const char *name;
 	int (*run)(struct gc_session *, int, char **);
@@ -534,12 +348,12 @@ static const struct command commands[] = {
 	{ "ping", cmd_ping },
 	{ "login", cmd_login },
 	{ "worker", cmd_worker },
-	{ "grid", cmd_grid },
-	{ "partition", cmd_partition },
-	{ "report", cmd_report },
+	{ "grid", grid_command },
+	{ "partition", grid_partition_command },
+	{ "report", report_cmd },
 	{ "complaints", cmd_complaints },
 	{ "push", cmd_push },
-	{ "import", cmd_import },
+	{ "import", import_command },
 };
 
 /* getopt_long accepts unambiguous prefixes, so "--secret" would silently

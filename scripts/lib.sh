@@ -11,16 +11,19 @@ GRIDD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GRIDD_BUILD_PKGS=(
 	build-essential pkg-config meson ninja-build
 	libevent-dev libpq-dev libprotobuf-c-dev protobuf-c-compiler
-	libssl-dev libsystemd-dev libcmocka-dev
+	libssl-dev libsystemd-dev libcmocka-dev libjson-c-dev
 	postgresql-15 postgresql-client-15 postgresql-15-postgis-3
 	python3 util-linux xz-utils
 )
 # What the test suite needs on top: clang with libFuzzer and the sanitizer
 # runtimes, valgrind, the Python test client's protobuf runtime and protoc,
-# the Prometheus text parser, and openssl for test certificates.
+# the Prometheus text parser, openssl for test certificates, headless
+# Chromium with a CJK font to render the burden report page, and
+# systemd-analyze to check the unit.
 GRIDD_TEST_PKGS=(
 	clang libclang-rt-14-dev valgrind
 	protobuf-compiler python3-protobuf python3-prometheus-client openssl
+	chromium fonts-wqy-microhei systemd
 )
 
 gridd_say()
