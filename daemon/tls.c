@@ -72,6 +72,10 @@ tls_ctx_new(const struct cfg *cfg, char *err, size_t errlen)
 	    SSL_OP_NO_TICKET);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	/* TLS 1.3 ignores SSL_OP_NO_TICKET for issuing: without this every
+	 * handshake still sends two tickets nobody can resume (no cache). */
+	if (!SSL_CTX_set_num_tickets(ctx, 0))
+		return fail(ctx, err, errlen, "session tickets", NULL);
 	if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1)
 		return fail(ctx, err, errlen, "certificate", cfg->tls_cert);
 	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key,
