@@ -1765,18 +1765,19 @@ struct db_sync *
 db_sync_connect(const char *conninfo, int timeout_s, char *err,
     size_t errlen)
 {
-	const char *kw[] = { "dbname", "connect_timeout", NULL };
+	const char *kw[] = { "connect_timeout", "dbname", NULL };
 	const char *val[3];
 	char tmo[16];
 	struct db_sync *s;
 	PGconn *pg;
 
 	snprintf(tmo, sizeof(tmo), "%d", timeout_s > 0 ? timeout_s : 10);
-	val[0] = conninfo;
-	val[1] = tmo;
+	val[0] = tmo;
+	val[1] = conninfo;
 	val[2] = NULL;
 	/* expand_dbname: conninfo is a full connection string, and the
-	 * timeout given here applies unless conninfo names its own. */
+	 * timeout given here applies unless conninfo names its own (libpq
+	 * lets later entries override earlier ones, so conninfo comes last). */
 	pg = PQconnectdbParams(kw, val, 1);
 	if (pg == NULL) {
 		snprintf(err, errlen, "out of memory");
