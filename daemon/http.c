@@ -4,8 +4,12 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "config.h"
 #include "db.h"
@@ -17,7 +21,12 @@
  * queries behind a database that is already slow. */
 #define HTTP_MAX_PROBES 16
 
+/* How long accepting stops when the process is out of descriptors. */
+#define HTTP_ACCEPT_PAUSE_MS 100
+
 static struct evhttp *http;
+static struct evconnlistener *http_lev;
+static struct event *http_resume_ev;
 static int probes_in_flight;
 
 /*
@@ -181,6 +190,41 @@ request_cb(struct evhttp_request *req, void *arg)
 		evhttp_send_error(req, HTTP_NOTFOUND, NULL);
 }
 
+static void
+http_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (http_lev != NULL && !gridd.stopping)
+		evconnlistener_enable(http_lev);
+}
+
+/*
+ * libevent's own listener retries a failed accept on every loop turn when
+ * no error callback is set: out of descriptors, with clients waiting in the
+ * backlog, that is a busy loop. Pause instead, as the API listener does.
+ */
+static void
+http_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = { 0, HTTP_ACCEPT_PAUSE_MS * 1000 };
+
+	(void)arg;
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS ||
+	    err == ENOMEM) {
+		evconnlistener_disable(lev);
+		if (evtimer_add(http_resume_ev, &tv) != 0)
+			evconnlistener_enable(lev);
+		log_warn("event=http_accept outcome=paused error=\"%s\" "
+		    "pause_ms=%d", strerror(err), HTTP_ACCEPT_PAUSE_MS);
+		return;
+	}
+	log_warn("event=http_accept outcome=error error=\"%s\"",
+	    strerror(err));
+}
+
 static bool
 split_hostport(const char *s, char *host, size_t hostlen, unsigned *port)
 {
@@ -228,13 +272,35 @@ http_start(const struct cfg *cfg)
 	evhttp_set_max_body_size(http, 0);
 	evhttp_set_timeout(http, 10);
 	evhttp_set_gencb(http, request_cb, NULL);
-	if (evhttp_bind_socket(http, host, (ev_uint16_t)port) != 0) {
+	struct evutil_addrinfo hints, *ai = NULL;
+	char portstr[8];
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	http_resume_ev = evtimer_new(gridd.base, http_resume_cb, NULL);
+	if (http_resume_ev != NULL &&
+	    evutil_getaddrinfo(host, portstr, &hints, &ai) == 0 && ai != NULL)
+		http_lev = evconnlistener_new_bind(gridd.base, NULL, NULL,
+		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+		    LEV_OPT_CLOSE_ON_EXEC, 128, ai->ai_addr,
+		    (int)ai->ai_addrlen);
+	if (ai != NULL)
+		evutil_freeaddrinfo(ai);
+	if (http_lev == NULL ||
+	    evhttp_bind_listener(http, http_lev) == NULL) {
 		log_error("event=http_listen error=\"cannot bind\" addr=%s",
 		    cfg->http_listen);
-		evhttp_free(http);
-		http = NULL;
+		/* evhttp_bind_listener owns the listener only on success. */
+		if (http_lev != NULL)
+			evconnlistener_free(http_lev);
+		http_lev = NULL;
+		http_free();
 		return false;
 	}
+	evconnlistener_set_error_cb(http_lev, http_accept_error_cb);
 	log_info("event=http_listen addr=%s", cfg->http_listen);
 	return true;
 }
@@ -242,7 +308,12 @@ http_start(const struct cfg *cfg)
 void
 http_free(void)
 {
+	/* evhttp_free frees the bound listener too. */
 	if (http != NULL)
 		evhttp_free(http);
 	http = NULL;
+	http_lev = NULL;
+	if (http_resume_ev != NULL)
+		event_free(http_resume_ev);
+	http_resume_ev = NULL;
 }
