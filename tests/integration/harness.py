@@ -344,6 +344,9 @@ def write_config(path, dbname=None, api_port=None, http_port=None,
     c.set("admin_http", "listen", "127.0.0.1:%d" % c.http_port)
     c.set("database", "conninfo", conninfo(dbname))
     c.set("database", "pool_size", "4")
+    # Generous: the tests run beside sanitizer builds on 2 cores, where a
+    # group commit can take seconds. Tests of timeouts set their own.
+    c.set("database", "query_timeout_ms", "20000")
     c.set("database", "migrations_dir", os.path.join(SOURCE_DIR, "sql"))
     c.set("auth", "pbkdf2_iterations", "1000")
     c.set("admin." + ADMIN_ID, "key_sha256", sha256_hex(ADMIN_KEY))

@@ -487,8 +487,10 @@ def check_prober(p, quiet, what):
     assert len(p.lat) >= 10, "%s: only %d pings answered" % (what,
                                                               len(p.lat))
     p99 = pct(p.lat, 99)
-    # An order of magnitude, with a floor for a loaded test machine.
-    bound = max(10 * quiet, 0.05)
+    # An order of magnitude of the 20 ms ping target (issue 8), or of the
+    # quiet figure on a machine slower than that: a loaded 2-core CI
+    # machine running sanitizer builds must not fail a latency test.
+    bound = max(10 * quiet, 0.2)
     assert p99 <= bound, "%s: ping p99 %.1f ms > %.1f ms (quiet %.1f ms)" % (
         what, p99 * 1000, bound * 1000, quiet * 1000)
     return p99
