@@ -239,20 +239,30 @@ static const char SQL_MULTI[] =
     "FROM numbered n JOIN src s ON s.ord = n.ord";
 
 /*
- * The daemon's own per-request statement (daemon/feed.c): one call of
- * gridd_feed_push for a PushIncidents batch, with the parameters the feed
- * builds for it. The daemon may group several requests in one transaction
- * (group commit); here each batch commits alone, as the simplest client of
- * the same SQL would.
+ * The daemon's own per-transaction statement (daemon/feed.c): one call of
+ * gridd_feed_push with the parameters the feed builds, the points located
+ * as the daemon's in-memory index locates them (gridd_locate gives the
+ * same cells) with the grid version they were located in. The daemon
+ * groups several requests in one call (group commit); here each batch
+ * commits alone, as the simplest client of the same SQL would.
  */
 static const char SQL_GRIDD[] =
-    "SELECT ord, outcome, incident_id, cell_id FROM gridd_feed_push("
-    "$1, $2, $3::float8, $4::int, $5::text[], $6::text[], $7::text[],"
-    " $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],"
-    " $13::int[], $14::bigint[], $15::float8[], $16::float8[],"
-    " $17::text[], $18::text[], $19::text[], $20::text[],"
-    " $21::text[], $22::text[], $23::text[], $24::text[])";
-#define GRIDD_NPARAMS	24
+    "SELECT ord, outcome, incident_id, cell_id, grid_version"
+    " FROM gridd_feed_push($1::float8, $2::int, $3::bigint,"
+    " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],"
+    " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
+    " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
+    " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
+    " $28::text[], $29::text[])";
+#define GRIDD_NPARAMS	29
+#define GRIDD_NARRAYS	20	/* $4 .. $23 */
+
+/* Where a baseline point lies, as the daemon would send it. */
+struct base_loc {
+	char community[BDB_ID_MAX + 1];	/* "" = outside */
+	char cell[BDB_CELL_MAX + 1];	/* "" = none */
+};
 
 /* The task type's triage as daemon/triage.c derives it. */
 struct base_tt {
@@ -263,6 +273,8 @@ struct base_tt {
 struct base_thread {
 	const struct bdb_base_opts *o;
 	const struct base_tt *tt;
+	const struct base_loc *loc;	/* per point (GRIDD) */
+	const char *gridv;		/* the version it was located in */
 	int idx;
 	pthread_t th;
 	int64_t rows, commits, errors;
@@ -377,6 +389,57 @@ load_task_type(const char *conninfo, const char *name, struct base_tt *tt,
 	return ok;
 }
 
+/* Locates every point as the daemon would before sending it: the value
+ * sent (%.9f, ab_num) in the current grid, with the version it holds. */
+static struct base_loc *
+locate_points(const char *conninfo, const struct bpoints *pts, char *gridv,
+    size_t gridvlen, char *err, size_t errlen)
+{
+	struct arrbuf lon = { 0 }, lat = { 0 };
+	const char *params[2];
+	struct base_loc *loc;
+	PGconn *pg;
+	PGresult *r;
+
+	if ((pg = connect_db(conninfo, err, errlen)) == NULL)
+		return NULL;
+	ab_putc(&lon, '{');
+	ab_putc(&lat, '{');
+	for (size_t i = 0; i < pts->n; i++) {
+		ab_num(&lon, pts->v[i].lon, i == 0);
+		ab_num(&lat, pts->v[i].lat, i == 0);
+	}
+	ab_putc(&lon, '}');
+	ab_putc(&lat, '}');
+	params[0] = lon.s;
+	params[1] = lat.s;
+	r = PQexecParams(pg, "SELECT (SELECT version FROM feed_grid_version),"
+	    " coalesce(l.community_id, ''), coalesce(l.cell_id, '')"
+	    " FROM gridd_locate_batch($1::float8[], $2::float8[]) l"
+	    " ORDER BY l.ord", 2, NULL, params, NULL, NULL, 0);
+	free(lon.s);
+	free(lat.s);
+	if (PQresultStatus(r) != PGRES_TUPLES_OK ||
+	    (size_t)PQntuples(r) != pts->n || pts->n == 0) {
+		snprintf(err, errlen, "baseline: locating the points: %s",
+		    PQresultErrorMessage(r));
+		PQclear(r);
+		PQfinish(pg);
+		return NULL;
+	}
+	loc = xcalloc(pts->n, sizeof(*loc));
+	snprintf(gridv, gridvlen, "%s", PQgetvalue(r, 0, 0));
+	for (size_t i = 0; i < pts->n; i++) {
+		copy_id(loc[i].community, sizeof(loc[i].community),
+		    PQgetvalue(r, (int)i, 1));
+		copy_id(loc[i].cell, sizeof(loc[i].cell),
+		    PQgetvalue(r, (int)i, 2));
+	}
+	PQclear(r);
+	PQfinish(pg);
+	return loc;
+}
+
 static void *
 base_thread_main(void *arg)
 {
@@ -387,7 +450,7 @@ base_thread_main(void *arg)
 	    (int64_t)(o->duration_s * 1e6);
 	int64_t cap = o->max_rows > 0 ? o->max_rows / o->conns : 0;
 	uint64_t seq = 0, rnd = 0x9e3779b97f4a7c15ull * (uint64_t)(t->idx + 1);
-	struct arrbuf a[16] = { 0 };
+	struct arrbuf a[GRIDD_NARRAYS] = { 0 };
 	PGconn *pg;
 
 	if ((pg = connect_db(o->conninfo, t->err, sizeof(t->err))) == NULL)
@@ -396,7 +459,7 @@ base_thread_main(void *arg)
 	while (bc_now_us() < deadline && (cap == 0 || t->rows < cap)) {
 		const char *params[GRIDD_NPARAMS];
 		bool gridd = o->mode == BDB_BASE_GRIDD;
-		int na = gridd ? 16 : 5, np;
+		int na = gridd ? GRIDD_NARRAYS : 5, np;
 		char occ[32], radius[32], window[32];
 		int64_t t0;
 		PGresult *r;
@@ -411,8 +474,11 @@ base_thread_main(void *arg)
 			const struct bpoint *p;
 			char ext[96];
 
+			size_t pi;
+
 			rnd = rnd * 6364136223846793005ull + 1442695040888963407ull;
-			p = &o->points->v[(rnd >> 33) % o->points->n];
+			pi = (rnd >> 33) % o->points->n;
+			p = &o->points->v[pi];
 			snprintf(ext, sizeof(ext), "%s-%d-%llu", o->run_tag,
 			    t->idx, (unsigned long long)seq++);
 			if (!gridd) {
@@ -423,23 +489,33 @@ base_thread_main(void *arg)
 				ab_elem(&a[4], ext, i == 0);
 				continue;
 			}
-			/* FP_EXT .. FP_DESC of daemon/feed.c, in order. */
-			ab_elem(&a[0], ext, i == 0);
-			ab_elem(&a[1], o->category, i == 0);
-			ab_elem(&a[2], o->task_type, i == 0);
-			ab_elem(&a[3], t->tt->list, i == 0);
-			ab_elem(&a[4], t->tt->matter, i == 0);
-			ab_elem(&a[5], t->tt->route, i == 0);
-			ab_elem(&a[6], t->tt->sla, i == 0);
-			ab_elem(&a[7], t->tt->note, i == 0);
-			ab_elem(&a[8], "2", i == 0);
-			ab_elem(&a[9], occ, i == 0);
-			ab_num(&a[10], p->lon, i == 0);
-			ab_num(&a[11], p->lat, i == 0);
-			ab_puts(&a[12], i == 0 ? "NULL" : ",NULL");
-			ab_puts(&a[13], i == 0 ? "NULL" : ",NULL");
-			ab_elem(&a[14], "", i == 0);
-			ab_elem(&a[15], "gridbench", i == 0);
+			/* FG_KIND .. FG_DESC of daemon/feed.c, in order. */
+			ab_elem(&a[0], "department", i == 0);
+			ab_elem(&a[1], o->department, i == 0);
+			ab_elem(&a[2], ext, i == 0);
+			ab_elem(&a[3], o->category, i == 0);
+			ab_elem(&a[4], o->task_type, i == 0);
+			ab_elem(&a[5], t->tt->list, i == 0);
+			ab_elem(&a[6], t->tt->matter, i == 0);
+			ab_elem(&a[7], t->tt->route, i == 0);
+			ab_elem(&a[8], t->tt->sla, i == 0);
+			ab_elem(&a[9], t->tt->note, i == 0);
+			ab_elem(&a[10], "2", i == 0);
+			ab_elem(&a[11], occ, i == 0);
+			ab_num(&a[12], p->lon, i == 0);
+			ab_num(&a[13], p->lat, i == 0);
+			if (t->loc[pi].community[0] != '\0')
+				ab_elem(&a[14], t->loc[pi].community, i == 0);
+			else
+				ab_puts(&a[14], i == 0 ? "NULL" : ",NULL");
+			if (t->loc[pi].cell[0] != '\0')
+				ab_elem(&a[15], t->loc[pi].cell, i == 0);
+			else
+				ab_puts(&a[15], i == 0 ? "NULL" : ",NULL");
+			ab_puts(&a[16], i == 0 ? "NULL" : ",NULL");
+			ab_puts(&a[17], i == 0 ? "NULL" : ",NULL");
+			ab_elem(&a[18], "", i == 0);
+			ab_elem(&a[19], "gridbench", i == 0);
 		}
 		for (int k = 0; k < na; k++)
 			ab_putc(&a[k], '}');
@@ -447,13 +523,12 @@ base_thread_main(void *arg)
 			snprintf(radius, sizeof(radius), "%.17g",
 			    o->merge_radius_m);
 			snprintf(window, sizeof(window), "%d", o->merge_window_s);
-			params[0] = "department";
-			params[1] = o->department;
-			params[2] = radius;
-			params[3] = window;
-			for (int k = 0; k < 16; k++)
-				params[4 + k] = a[k].s;
-			for (int k = 20; k < 24; k++)
+			params[0] = radius;
+			params[1] = window;
+			params[2] = t->gridv;
+			for (int k = 0; k < GRIDD_NARRAYS; k++)
+				params[3 + k] = a[k].s;
+			for (int k = 3 + GRIDD_NARRAYS; k < GRIDD_NPARAMS; k++)
 				params[k] = "{}";	/* no refusals */
 			np = GRIDD_NPARAMS;
 		} else {
@@ -500,6 +575,8 @@ bdb_baseline(const struct bdb_base_opts *o, struct bdb_base_result *r,
 {
 	struct base_thread *t;
 	struct base_tt tt = { 0 };
+	struct base_loc *loc = NULL;
+	char gridv[32] = "";
 	int64_t t0;
 	bool ok = true;
 
@@ -519,11 +596,16 @@ bdb_baseline(const struct bdb_base_opts *o, struct bdb_base_result *r,
 	if (o->mode == BDB_BASE_GRIDD && !load_task_type(o->conninfo,
 	    o->task_type, &tt, err, errlen))
 		return false;
+	if (o->mode == BDB_BASE_GRIDD && (loc = locate_points(o->conninfo,
+	    o->points, gridv, sizeof(gridv), err, errlen)) == NULL)
+		return false;
 	t = xcalloc((size_t)o->conns, sizeof(*t));
 	t0 = bc_now_us();
 	for (int i = 0; i < o->conns; i++) {
 		t[i].o = o;
 		t[i].tt = &tt;
+		t[i].loc = loc;
+		t[i].gridv = gridv;
 		t[i].idx = i;
 		if (pthread_create(&t[i].th, NULL, base_thread_main, &t[i])
 		    != 0) {
@@ -531,6 +613,7 @@ bdb_baseline(const struct bdb_base_opts *o, struct bdb_base_result *r,
 			for (int j = 0; j < i; j++)
 				pthread_join(t[j].th, NULL);
 			free(t);
+			free(loc);
 			return false;
 		}
 	}
@@ -552,6 +635,7 @@ bdb_baseline(const struct bdb_base_opts *o, struct bdb_base_result *r,
 			    t[i].first_error);
 	}
 	free(t);
+	free(loc);
 	return ok;
 }
 

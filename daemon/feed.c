@@ -6,18 +6,23 @@
  * The handler validates and classifies every item in C (triage.c: bounds,
  * the department's crosswalk, the four lists), folds repeats of an ext_id
  * within the request onto their first occurrence, and turns the survivors
- * into the parallel arrays of one gridd_feed_push() call (003_feed.sql),
- * which locates, deduplicates, merges, creates, emits events, arms SLA
- * timers and notifies dispatch, set-based, in one statement per request.
+ * into parallel arrays.  Points are located in memory (locate.c, with
+ * the current cells that cellcache.c loads from PostGIS).  One gridd_feed_push() call
+ * (003_feed.sql) then deduplicates, merges, creates, emits events, arms SLA
+ * timers and notifies dispatch, set-based, for every request of the
+ * transaction at once.
  *
  * Group commit.  At most one ingest transaction per process is in flight.
  * Requests that arrive meanwhile wait in a FIFO; when the transaction ends,
- * as many of them as fit in group_commit_max_items go together as one
- * pipelined batch (BEGIN, one statement per request, COMMIT): one round
- * trip and one WAL flush for all of them.  One in flight keeps merges
- * within a process strictly ordered (a later request sees every earlier
- * incident); processes sharing a database serialise merges with advisory
- * locks in the SQL.
+ * as many of them as fit in group_commit_max_items go together, their items
+ * concatenated in request order into one statement (BEGIN, the call,
+ * COMMIT): one round trip, one plan and one WAL flush for all of them.
+ * Items of a later request merge into earlier requests' new incidents as
+ * within one request.  Two requests that share a (source, ext_id) never go
+ * together (the later one waits for the next transaction and reads
+ * DUPLICATE), so every key of a call is distinct.  One in flight keeps
+ * merges within a process strictly ordered; processes sharing a database
+ * serialise merges with advisory locks per (task type, tile) in the SQL.
  *
  * Durability point.  A request's reply is built only in the batch callback,
  * and db.c reports DB_OK there only after COMMIT succeeded, i.e. after
@@ -46,26 +51,42 @@
 #include "conn.h"
 #include "db.h"
 #include "gridd.h"
+#include "cellcache.h"
+#include "locate.h"
 #include "log.h"
 #include "metrics.h"
 #include "rpc.h"
 #include "triage.h"
 
-enum fp {
-	FP_KIND, FP_SOURCE, FP_RADIUS, FP_WINDOW,
-	FP_EXT, FP_CAT, FP_TT, FP_LIST, FP_MATTER, FP_ROUTE, FP_SLA, FP_NOTE,
-	FP_SEV, FP_OCC, FP_LON, FP_LAT, FP_CODE, FP_BLDG, FP_ADDR, FP_DESC,
-	FP_REJ_EXT, FP_REJ_CAT, FP_REJ_TT, FP_REJ_REASON,
-	FP_N
+/* A request's items as array elements ("{a,b,..." without the closing
+ * brace), concatenated across the requests of a transaction. */
+enum fr {
+	FR_EXT, FR_CAT, FR_TT, FR_LIST, FR_MATTER, FR_ROUTE, FR_SLA, FR_NOTE,
+	FR_SEV, FR_OCC, FR_LON, FR_LAT, FR_CODE, FR_BLDG, FR_ADDR, FR_DESC,
+	FR_REJ_EXT, FR_REJ_CAT, FR_REJ_TT, FR_REJ_REASON,
+	FR_N
+};
+
+/* The parameters of gridd_feed_push, in order. */
+enum fg {
+	FG_RADIUS, FG_WINDOW, FG_GRIDV,
+	FG_KIND, FG_SOURCE, FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER,
+	FG_ROUTE, FG_SLA, FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_COMM,
+	FG_CELL, FG_CODE, FG_BLDG, FG_ADDR, FG_DESC,
+	FG_REJ_KIND, FG_REJ_SOURCE, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
+	FG_REJ_REASON,
+	FG_N
 };
 
 static const char feed_sql[] =
-    "SELECT ord, outcome, incident_id, cell_id FROM gridd_feed_push("
-    "$1, $2, $3::float8, $4::int, $5::text[], $6::text[], $7::text[],"
-    " $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],"
-    " $13::int[], $14::bigint[], $15::float8[], $16::float8[],"
-    " $17::text[], $18::text[], $19::text[], $20::text[],"
-    " $21::text[], $22::text[], $23::text[], $24::text[])";
+    "SELECT ord, outcome, incident_id, cell_id, grid_version"
+    " FROM gridd_feed_push($1::float8, $2::int, $3::bigint,"
+    " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],"
+    " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
+    " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
+    " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
+    " $28::text[], $29::text[])";
 
 /* A request retried alone that still meets a deadlock, a serialisation
  * failure or a unique violation (another process storing the same ext_id
@@ -134,9 +155,13 @@ struct feed_req {
 	int retries;		/* alone, after a conflict with another process */
 	char source[CONN_PRINCIPAL_MAX + 1];
 	size_t n;
-	size_t n_sql;
+	size_t n_sql;		/* items sent to the SQL */
+	size_t n_rej;		/* refusals recorded by the SQL */
+	size_t row0;		/* its first row in the transaction's result */
 	struct feed_res *res;
-	char *params[FP_N];
+	char *frag[FR_N];
+	int *slots;		/* open addressing: the sent items' ext_ids */
+	size_t nslots;
 	int64_t started;	/* mono_ms */
 };
 
@@ -194,6 +219,16 @@ sb_putc(struct sbuf *b, char ch)
 }
 
 static void
+sb_puts(struct sbuf *b, const char *s)
+{
+	size_t n = strlen(s);
+
+	sb_need(b, n);
+	memcpy(b->p + b->len, s, n + 1);
+	b->len += n;
+}
+
+static void
 sb_sep(struct sbuf *b)
 {
 	if (b->len > 1)
@@ -248,8 +283,9 @@ req_free(struct feed_req *r)
 		free(r->res[i].code);
 	}
 	free(r->res);
-	for (int i = 0; i < FP_N; i++)
-		free(r->params[i]);
+	for (int i = 0; i < FR_N; i++)
+		free(r->frag[i]);
+	free(r->slots);
 	conn_release(r->c);
 	free(r);
 }
@@ -333,15 +369,16 @@ req_fail(struct feed_req *r, Gridd__V1__ErrorCode code, const char *msg)
 	    r->request_id, r->n, (int)code);
 }
 
-/* Reads the statement's rows back into the items that were sent, then
- * answers the repeats of an ext_id from their first occurrence. */
+/* Reads the request's rows of the statement (from r->row0 on) back into
+ * the items that were sent, then answers the repeats of an ext_id from
+ * their first occurrence. */
 static bool
 req_apply(struct feed_req *r, const struct db_res *res)
 {
-	size_t k = 0;
+	size_t k = r->row0;
 
-	if (db_res_status(res) != DB_OK ||
-	    (size_t)db_res_rows(res) != r->n_sql || db_res_cols(res) != 4)
+	if (db_res_status(res) != DB_OK || db_res_cols(res) != 5 ||
+	    (size_t)db_res_rows(res) < r->row0 + r->n_sql)
 		return false;
 	for (size_t i = 0; i < r->n; i++) {
 		struct feed_res *s = &r->res[i];
@@ -351,7 +388,7 @@ req_apply(struct feed_req *r, const struct db_res *res)
 		if (s->sql_ord == 0)
 			continue;
 		if (!db_res_int64(res, (int)k, 0, &ord) ||
-		    ord != s->sql_ord)
+		    ord != (int64_t)r->row0 + s->sql_ord)
 			return false;
 		outcome = db_res_get(res, (int)k, 1);
 		if (strcmp(outcome, "accepted") == 0 ||
@@ -382,13 +419,16 @@ req_apply(struct feed_req *r, const struct db_res *res)
 			    "%.6f, %.6f", s->lon, s->lat);
 		} else if (strcmp(outcome, "unknown_code") == 0) {
 			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
-			    FC_REJ_OUTSIDE, "dept_grid_code %.64s: not in "
+			    FC_REJ_OUTSIDE, "dept_grid_code %.*s: not in "
 			    "department %s's crosswalk to any current cell",
+			    (int)utf8_prefix(s->code ? s->code : "", 64),
 			    s->code ? s->code : "", r->source);
 		} else if (strcmp(outcome, "unknown_building") == 0) {
 			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
-			    FC_REJ_OUTSIDE, "building_id %.64s: unknown "
-			    "building", s->code ? s->code : "");
+			    FC_REJ_OUTSIDE, "building_id %.*s: unknown "
+			    "building",
+			    (int)utf8_prefix(s->code ? s->code : "", 64),
+			    s->code ? s->code : "");
 		} else {
 			return false;
 		}
@@ -433,11 +473,19 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 
 	fq.inflight = false;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
-	if (st == DB_OK && (size_t)n == g->n) {
+	if (st == DB_OK && n == 1) {
+		int64_t gv;
+
+		/* The grid version the transaction saw: a newer one than the
+		 * index's reloads it. */
+		if (db_res_status(results[0]) == DB_OK &&
+		    db_res_rows(results[0]) > 0 && db_res_cols(results[0]) == 5 &&
+		    db_res_int64(results[0], 0, 4, &gv))
+			cellcache_seen_version(gv);
 		for (size_t i = 0; i < g->n; i++) {
 			struct feed_req *r = g->reqs[i];
 
-			if (req_apply(r, results[i])) {
+			if (req_apply(r, results[0])) {
 				req_answer(r);
 			} else {
 				/* Committed, but the answer is unreadable:
@@ -504,6 +552,130 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 	feed_flush();
 }
 
+/* Open addressing over a request's sent ext_ids. */
+static uint32_t
+ext_hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h;
+}
+
+/* The item of r sending this ext_id, or -1; with add, idx is recorded when
+ * the key is new. nslots is a power of two over twice the items. */
+static int
+req_ext_find(struct feed_req *r, const char *ext, int add_idx)
+{
+	size_t mask = r->nslots - 1;
+
+	for (size_t i = ext_hash(ext) & mask;; i = (i + 1) & mask) {
+		if (r->slots[i] < 0) {
+			if (add_idx >= 0)
+				r->slots[i] = add_idx;
+			return -1;
+		}
+		if (strcmp(r->res[r->slots[i]].ext_id, ext) == 0)
+			return r->slots[i];
+	}
+}
+
+/* Whether r sends a (source, ext_id) that a request of g already sends:
+ * then r waits for the next transaction, whose snapshot sees the first
+ * one's answer (DUPLICATE), as if they had come one after the other. */
+static bool
+group_overlaps(const struct feed_group *g, struct feed_req *r)
+{
+	for (size_t j = 0; j < g->n; j++) {
+		struct feed_req *q = g->reqs[j];
+
+		if (q->from_worker != r->from_worker ||
+		    strcmp(q->source, r->source) != 0 || q->nslots == 0)
+			continue;
+		for (size_t i = 0; i < r->n; i++)
+			if (r->res[i].sql_ord > 0 &&
+			    req_ext_find(q, r->res[i].ext_id, -1) >= 0)
+				return true;
+	}
+	return false;
+}
+
+/* Appends a request's "{a,b" fragment to a transaction's array. */
+static void
+frag_append(struct sbuf *dst, const char *frag)
+{
+	if (frag == NULL || frag[0] == '\0' || frag[1] == '\0')
+		return;
+	if (dst->len > 1)
+		sb_putc(dst, ',');
+	sb_puts(dst, frag + 1);
+}
+
+/* The one statement of a transaction: every request's items in order,
+ * their points located with the process's index. */
+static void
+group_statement(const struct feed_group *g, struct db_batch *b)
+{
+	static const int to_fg[FR_N] = {
+		FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER, FG_ROUTE, FG_SLA,
+		FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_CODE, FG_BLDG,
+		FG_ADDR, FG_DESC, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
+		FG_REJ_REASON,
+	};
+	struct sbuf a[FG_N];
+	const char *params[FG_N];
+	const struct locate_index *ix;
+	int64_t gv;
+	char radius[64], window[32], gridv[32];
+
+	memset(a, 0, sizeof(a));
+	for (int k = FG_KIND; k < FG_N; k++)
+		sb_putc(&a[k], '{');
+	ix = cellcache_current(&gv);
+	for (size_t j = 0; j < g->n; j++) {
+		const struct feed_req *r = g->reqs[j];
+		const char *kind = r->from_worker ? "worker" : "department";
+
+		for (int k = 0; k < FR_N; k++)
+			frag_append(&a[to_fg[k]], r->frag[k]);
+		for (size_t i = 0; i < r->n_sql; i++) {
+			sb_elem_str(&a[FG_KIND], kind);
+			sb_elem_str(&a[FG_SOURCE], r->source);
+		}
+		for (size_t i = 0; i < r->n_rej; i++) {
+			sb_elem_str(&a[FG_REJ_KIND], kind);
+			sb_elem_str(&a[FG_REJ_SOURCE], r->source);
+		}
+		for (size_t i = 0; i < r->n; i++) {
+			const struct feed_res *s = &r->res[i];
+			const char *comm = NULL, *cell = NULL;
+
+			if (s->sql_ord == 0)
+				continue;
+			if (ix != NULL && s->has_point)
+				(void)locate_index_find(ix, s->lon, s->lat,
+				    &comm, &cell);
+			sb_elem_str(&a[FG_COMM], comm);
+			sb_elem_str(&a[FG_CELL], cell);
+		}
+	}
+	snprintf(radius, sizeof(radius), "%.17g", gridd.cfg->merge_radius_m);
+	snprintf(window, sizeof(window), "%d", gridd.cfg->merge_window_s);
+	snprintf(gridv, sizeof(gridv), "%" PRId64, gv);
+	params[FG_RADIUS] = radius;
+	params[FG_WINDOW] = window;
+	/* NULL: no index, PostgreSQL locates. */
+	params[FG_GRIDV] = ix != NULL ? gridv : NULL;
+	for (int k = FG_KIND; k < FG_N; k++) {
+		sb_putc(&a[k], '}');
+		params[k] = a[k].p;
+	}
+	db_batch_add(b, feed_sql, FG_N, params);
+	for (int k = FG_KIND; k < FG_N; k++)
+		free(a[k].p);
+}
+
 /* Starts the next transaction when none is in flight. */
 static void
 feed_flush(void)
@@ -516,19 +688,21 @@ feed_flush(void)
 	if (fq.inflight || TAILQ_EMPTY(&fq.queue))
 		return;
 	g = xcalloc(1, sizeof(*g));
-	b = db_batch_new();
 	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
-		if (g->n > 0 && (r->solo || g->items + r->n_sql > cap))
+		if (g->n > 0 && (r->solo || g->items + r->n_sql > cap ||
+		    group_overlaps(g, r)))
 			break;
 		TAILQ_REMOVE(&fq.queue, r, entry);
 		fq.queued_items -= r->n_sql;
 		g->reqs = xreallocarray(g->reqs, g->n + 1, sizeof(*g->reqs));
 		g->reqs[g->n++] = r;
+		r->row0 = g->items;
 		g->items += r->n_sql;
-		db_batch_add(b, feed_sql, FP_N, (const char *const *)r->params);
 		if (r->solo)
 			break;
 	}
+	b = db_batch_new();
+	group_statement(g, b);
 	g->started = mono_ms();
 	fq.groups++;
 	size_observe(&fq.group_reqs, (double)g->n);
@@ -551,24 +725,25 @@ feed_flush(void)
 /* ---- the handlers ---------------------------------------------------------- */
 
 struct arrays {
-	struct sbuf a[FP_N];
+	struct sbuf a[FR_N];
 };
 
 static void
 arrays_open(struct arrays *ar)
 {
-	for (int i = FP_EXT; i < FP_N; i++)
+	for (int i = 0; i < FR_N; i++)
 		sb_putc(&ar->a[i], '{');
 }
 
 static void
-record_refusal(struct arrays *ar, const char *ext, const char *cat,
-    const char *tt, enum triage_refusal why)
+record_refusal(struct feed_req *r, struct arrays *ar, const char *ext,
+    const char *cat, const char *tt, enum triage_refusal why)
 {
-	sb_elem_str(&ar->a[FP_REJ_EXT], ext);
-	sb_elem_str(&ar->a[FP_REJ_CAT], cat);
-	sb_elem_str(&ar->a[FP_REJ_TT], tt);
-	sb_elem_str(&ar->a[FP_REJ_REASON], triage_refusal_name(why));
+	sb_elem_str(&ar->a[FR_REJ_EXT], ext);
+	sb_elem_str(&ar->a[FR_REJ_CAT], cat);
+	sb_elem_str(&ar->a[FR_REJ_TT], tt);
+	sb_elem_str(&ar->a[FR_REJ_REASON], triage_refusal_name(why));
+	r->n_rej++;
 }
 
 /* An echo of a pushed key only when it is clean: the reply must be valid
@@ -581,25 +756,6 @@ clean_copy(const char *s, size_t max)
 	return xstrdup(s);
 }
 
-/* Open addressing over the items' ext_ids: the first occurrence of each. */
-static int
-seen_find_or_add(int *slots, size_t nslots, const char *const *keys, int idx)
-{
-	uint32_t h = 2166136261u;
-
-	for (const unsigned char *p = (const unsigned char *)keys[idx]; *p;
-	    p++)
-		h = (h ^ *p) * 16777619u;
-	for (size_t i = h & (nslots - 1);; i = (i + 1) & (nslots - 1)) {
-		if (slots[i] < 0) {
-			slots[i] = idx;
-			return -1;
-		}
-		if (strcmp(keys[slots[i]], keys[idx]) == 0)
-			return slots[i];
-	}
-}
-
 static void
 feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
     Gridd__V1__IncidentIn *const *items, size_t n)
@@ -609,9 +765,6 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 	struct triage_limits lim;
 	struct feed_req *r;
 	struct arrays ar;
-	const char **keys;
-	int *slots;
-	size_t nslots = 16;
 	int64_t now = now_ms();
 	char num[64];
 
@@ -645,11 +798,11 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 	r->res = xcalloc(n ? n : 1, sizeof(*r->res));
 	conn_hold(c);
 
-	while (nslots < 2 * n)
-		nslots *= 2;
-	slots = xmalloc(nslots * sizeof(*slots));
-	memset(slots, 0xff, nslots * sizeof(*slots));
-	keys = xcalloc(n ? n : 1, sizeof(*keys));
+	r->nslots = 16;
+	while (r->nslots < 2 * n)
+		r->nslots *= 2;
+	r->slots = xmalloc(r->nslots * sizeof(*r->slots));
+	memset(r->slots, 0xff, r->nslots * sizeof(*r->slots));
 	memset(&ar, 0, sizeof(ar));
 	arrays_open(&ar);
 
@@ -670,7 +823,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		    TRIAGE_FROM_DEPARTMENT, &lim, now, &it, msg, sizeof(msg))) {
 			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
 			    FC_REJ_INVALID, "%s", msg);
-			record_refusal(&ar, ext_ok, cat_ok, NULL,
+			record_refusal(r, &ar, ext_ok, cat_ok, NULL,
 			    TRIAGE_INVALID);
 			continue;
 		}
@@ -687,12 +840,12 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			    d.refusal == TRIAGE_NEGATIVE_LIST ?
 			    FC_REJ_NEGATIVE_LIST : FC_REJ_UNKNOWN_CATEGORY,
 			    "%s", d.message);
-			record_refusal(&ar, ext_ok, cat_ok, s->task_type,
+			record_refusal(r, &ar, ext_ok, cat_ok, s->task_type,
 			    d.refusal);
 			continue;
 		}
-		keys[i] = it.ext_id;
-		s->dup_of = seen_find_or_add(slots, nslots, keys, (int)i);
+		/* A valid ext_id is clean: s->ext_id is the pushed one. */
+		s->dup_of = req_ext_find(r, s->ext_id, (int)i);
 		if (s->dup_of >= 0)
 			continue;
 		s->sql_ord = (int)++r->n_sql;
@@ -703,48 +856,37 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			s->code = xstrdup(it.dept_code != NULL ? it.dept_code :
 			    it.building_id);
 
-		sb_elem_str(&ar.a[FP_EXT], it.ext_id);
-		sb_elem_str(&ar.a[FP_CAT], it.category);
-		sb_elem_str(&ar.a[FP_TT], d.task_type->name);
-		sb_elem_str(&ar.a[FP_LIST], cfg_list_name(d.task_type->list));
-		sb_elem_str(&ar.a[FP_MATTER],
+		sb_elem_str(&ar.a[FR_EXT], it.ext_id);
+		sb_elem_str(&ar.a[FR_CAT], it.category);
+		sb_elem_str(&ar.a[FR_TT], d.task_type->name);
+		sb_elem_str(&ar.a[FR_LIST], cfg_list_name(d.task_type->list));
+		sb_elem_str(&ar.a[FR_MATTER],
 		    cfg_matter_name(d.task_type->matter));
-		sb_elem_str(&ar.a[FP_ROUTE], cfg_route_name(d.task_type->route));
+		sb_elem_str(&ar.a[FR_ROUTE], cfg_route_name(d.task_type->route));
 		snprintf(num, sizeof(num), "%d",
 		    d.sla ? d.task_type->sla_minutes : 0);
-		sb_elem_str(&ar.a[FP_SLA], num);
-		sb_elem_str(&ar.a[FP_NOTE], d.note);
+		sb_elem_str(&ar.a[FR_SLA], num);
+		sb_elem_str(&ar.a[FR_NOTE], d.note);
 		snprintf(num, sizeof(num), "%d", it.severity);
-		sb_elem_str(&ar.a[FP_SEV], num);
+		sb_elem_str(&ar.a[FR_SEV], num);
 		snprintf(num, sizeof(num), "%" PRId64, it.occurred_at);
-		sb_elem_str(&ar.a[FP_OCC], num);
+		sb_elem_str(&ar.a[FR_OCC], num);
 		if (it.has_point) {
 			snprintf(num, sizeof(num), "%.17g", it.lon);
-			sb_elem_str(&ar.a[FP_LON], num);
+			sb_elem_str(&ar.a[FR_LON], num);
 			snprintf(num, sizeof(num), "%.17g", it.lat);
-			sb_elem_str(&ar.a[FP_LAT], num);
+			sb_elem_str(&ar.a[FR_LAT], num);
 		} else {
-			sb_elem_str(&ar.a[FP_LON], NULL);
-			sb_elem_str(&ar.a[FP_LAT], NULL);
+			sb_elem_str(&ar.a[FR_LON], NULL);
+			sb_elem_str(&ar.a[FR_LAT], NULL);
 		}
-		sb_elem_str(&ar.a[FP_CODE], it.dept_code);
-		sb_elem_str(&ar.a[FP_BLDG], it.building_id);
-		sb_elem_str(&ar.a[FP_ADDR], it.address);
-		sb_elem_str(&ar.a[FP_DESC], it.description);
+		sb_elem_str(&ar.a[FR_CODE], it.dept_code);
+		sb_elem_str(&ar.a[FR_BLDG], it.building_id);
+		sb_elem_str(&ar.a[FR_ADDR], it.address);
+		sb_elem_str(&ar.a[FR_DESC], it.description);
 	}
-	free(slots);
-	free(keys);
-
-	for (int i = FP_EXT; i < FP_N; i++) {
-		sb_putc(&ar.a[i], '}');
-		r->params[i] = ar.a[i].p;
-	}
-	r->params[FP_KIND] = xstrdup(from_worker ? "worker" : "department");
-	r->params[FP_SOURCE] = xstrdup(r->source);
-	snprintf(num, sizeof(num), "%.17g", cfg->merge_radius_m);
-	r->params[FP_RADIUS] = xstrdup(num);
-	snprintf(num, sizeof(num), "%d", cfg->merge_window_s);
-	r->params[FP_WINDOW] = xstrdup(num);
+	for (int i = 0; i < FR_N; i++)
+		r->frag[i] = ar.a[i].p;
 	size_observe(&fq.batch_items, (double)n);
 
 	if (n == 0) {
@@ -857,6 +999,7 @@ void
 feed_init(void)
 {
 	metrics_register("feed", feed_metrics_cb);
+	cellcache_init();
 }
 
 void
@@ -871,4 +1014,5 @@ feed_shutdown(void)
 		req_free(r);
 	}
 	fq.queued_items = 0;
+	cellcache_shutdown();
 }

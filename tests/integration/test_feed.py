@@ -556,6 +556,11 @@ def test_complaints_file_list_resolve_and_roles():
     w = harness.Client(daemon().addr)
     expect_body(w.login("WORKER", "w-cmp", "complain-password-1"),
                 "login_reply")
+    # A worker complains about its own assignments (test_complaints.py):
+    # this one had the incident offered and declined it.
+    sql("INSERT INTO assignments (incident_id, worker_id, community_id,"
+        " state, reason, expires_at) VALUES (%d, 'w-cmp', 'C1', 'declined',"
+        " 'primary_cell', now())" % r.incident_id)
     expect_body(w.request("file_complaint", incident_id=r.incident_id,
                           reason="unfunded", note="no budget came with it"),
                 "ok")
@@ -611,6 +616,52 @@ def test_metrics_count_outcomes():
             if x.startswith('gridd_incidents_total{outcome="rejected",'
                             'reason="negative_list"}')][0]
     assert float(line.split()[-1]) >= 1, line
+
+
+def test_grid_change_is_seen_by_the_next_push():
+    """Points are located in memory; a change to the cells is seen by the
+    very next push (the daemon reloads on NOTIFY gridd_grid, and until it
+    has, PostgreSQL locates because the versions differ)."""
+    sql("INSERT INTO communities (community_id, name, geom) VALUES "
+        "('C9', 'Moving cells', "
+        "ST_Multi(ST_MakeEnvelope(9.60, 47.10, 9.62, 47.12, 4326)));"
+        "INSERT INTO cells (cell_id, community_id, geom) VALUES "
+        "('C9-001', 'C9', "
+        "ST_Multi(ST_MakeEnvelope(9.60, 47.10, 9.62, 47.12, 4326)));")
+    civil, _ = dept_client()
+    (r,) = push(civil, [item("grid-1", "MZ01", 9.615, 47.101)])
+    assert_outcome(r, "ACCEPTED")
+    assert r.cell_id == "C9-001", r
+    for round_ in range(3):
+        # Split: the west half and the east half's south; the east half's
+        # north is left without a cell.
+        old = "C9-001" if round_ == 0 else "C9-W%d" % (round_ - 1)
+        sql("UPDATE cells SET valid_to = now() WHERE community_id = 'C9' "
+            "AND valid_to IS NULL;"
+            "INSERT INTO cells (cell_id, community_id, geom) VALUES "
+            "('C9-W%d', 'C9', ST_Multi(ST_MakeEnvelope(9.60, 47.10, 9.61, "
+            "47.12, 4326))), "
+            "('C9-E%d', 'C9', ST_Multi(ST_MakeEnvelope(9.61, 47.10, 9.62, "
+            "47.11, 4326)));" % (round_, round_))
+        lat = 47.1015 + 0.003 * round_
+        res = push(civil, [
+            item("grid-w%d" % round_, "MZ01", 9.605, lat),
+            item("grid-e%d" % round_, "MZ01", 9.6175, lat),
+            item("grid-edge%d" % round_, "MZ01", 9.61, lat + 0.001),
+            item("grid-n%d" % round_, "MZ01", 9.6175, 47.115 + 0.001 * round_),
+            item("grid-out%d" % round_, "MZ01", 9.625, lat)])
+        assert res[0].cell_id == "C9-W%d" % round_, (old, res[0])
+        assert res[1].cell_id == "C9-E%d" % round_, res[1]
+        # On the shared edge: the lower id, as gridd_locate.
+        assert res[2].cell_id == "C9-E%d" % round_, res[2]
+        assert_outcome(res[3], "ACCEPTED")
+        assert res[3].cell_id == "", res[3]
+        assert_outcome(res[4], "REJECTED", "BAD_REQUEST")
+        inc = sql1("SELECT community_id || '/' || coalesce(cell_id, '-') "
+                   "FROM incidents WHERE incident_id = %d"
+                   % res[3].incident_id)
+        assert inc == "C9/-", inc
+    civil.close()
 
 
 if __name__ == "__main__":
