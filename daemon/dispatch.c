@@ -86,6 +86,7 @@ static struct {
 
 	bool scan_busy, scan_again;
 	bool timers_busy, timers_again;
+	bool timers_locked;	/* a due timer's row was held elsewhere */
 	int64_t timer_due;		/* mono_ms timer_ev is armed for, 0 none */
 
 	/* metrics */
@@ -383,7 +384,7 @@ disp_apply_rows(const struct db_res *res, int from)
 			    " why=%s", inc, detail);
 			retry_soon();
 		} else if (strcmp(out, "busy") == 0) {
-			d.timers_again = true;
+			d.timers_locked = true;
 		} else if (strcmp(out, "ok") == 0) {
 			if (strcmp(detail, "accepted") == 0)
 				d.accepted++;
@@ -433,28 +434,14 @@ disp_req_fail(struct disp_req *r, Gridd__V1__ErrorCode code, const char *msg)
 }
 
 void
-disp_answer_cb(void *arg, const struct db_res *res)
+disp_answer_row(struct disp_req *r, const struct db_res *res, int row)
 {
-	struct disp_req *r = arg;
-	const char *msg, *out, *detail;
+	const char *out = col(res, row, COL_OUTCOME);
+	const char *detail = col(res, row, COL_DETAIL);
 	Gridd__V1__ErrorCode code;
 
-	if (db_res_status(res) != DB_OK) {
-		code = disp_db_error(res, &msg);
-		disp_req_fail(r, code, msg);
-		return;
-	}
-	if (db_res_rows(res) < 1 || db_res_cols(res) != N_COLS) {
-		/* An unknown principal (a worker deleted meanwhile). */
-		disp_req_fail(r, GRIDD__V1__ERROR_CODE__NOT_FOUND,
-		    "not found");
-		return;
-	}
-	out = col(res, 0, COL_OUTCOME);
-	detail = col(res, 0, COL_DETAIL);
 	log_info("%s event=%s request_id=%" PRIu64 " outcome=%s detail=\"%s\"",
 	    conn_log_prefix(r->c), r->what, r->request_id, out, detail);
-	disp_apply_rows(res, 0);
 	if (strcmp(out, "ok") == 0 || strcmp(out, "replay") == 0) {
 		if (conn_is_open(r->c))
 			rpc_reply_ok(r->c, r->request_id);
@@ -471,6 +458,34 @@ disp_answer_cb(void *arg, const struct db_res *res)
 	else
 		code = GRIDD__V1__ERROR_CODE__INTERNAL;
 	disp_req_fail(r, code, detail[0] ? detail : out);
+}
+
+void
+disp_answer_cb(void *arg, const struct db_res *res)
+{
+	struct disp_req *r = arg;
+	const char *msg;
+	Gridd__V1__ErrorCode code;
+
+	if (db_res_status(res) != DB_OK) {
+		code = disp_db_error(res, &msg);
+		disp_req_fail(r, code, msg);
+		return;
+	}
+	if (db_res_rows(res) < 1 || db_res_cols(res) != N_COLS) {
+		/* An unknown principal (a worker deleted meanwhile). */
+		disp_req_fail(r, GRIDD__V1__ERROR_CODE__NOT_FOUND,
+		    "not found");
+		return;
+	}
+	disp_apply_rows(res, 0);
+	disp_answer_row(r, res, 0);
+}
+
+int64_t
+disp_row_tag(const struct db_res *res, int row)
+{
+	return db_res_cols(res) == N_COLS ? col_int(res, row, COL_N) : 0;
 }
 
 /* ---- the fast path: NOTIFY gridd_dispatch -------------------------------- */
@@ -572,7 +587,124 @@ dispatch_notify_cb(void *arg, const char *channel, const char *payload)
 	event_active(d.flush_ev, EV_TIMEOUT, 0);
 }
 
-/* ---- offers made by other processes: NOTIFY gridd_offers ----------------- */
+/* ---- offers made elsewhere: NOTIFY gridd_offers --------------------------- */
+
+/* Undoes gridd_notify_field's escapes in place (\\ \t \n \r). */
+static void
+unescape_field(char *f)
+{
+	char *w = f;
+
+	for (char *r = f; *r != '\0'; r++) {
+		if (*r == '\\' && r[1] != '\0') {
+			r++;
+			*w++ = *r == 't' ? '\t' : *r == 'n' ? '\n' :
+			    *r == 'r' ? '\r' : *r;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+}
+
+static int64_t
+field_int(const char *f)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(f, &end, 10);
+	return errno != 0 || end == f || *end != '\0' ? 0 : (int64_t)v;
+}
+
+static double
+field_double(const char *f)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(f, &end);
+	return errno != 0 || end == f || *end != '\0' || !isfinite(v) ? 0 : v;
+}
+
+/* The offer fields of the payload's second line (gridd_offer_notify). */
+enum {
+	PF_INCIDENT, PF_REASON, PF_STATE, PF_CELL, PF_TASK_TYPE, PF_LIST,
+	PF_MATTER, PF_SUMMARY, PF_LON, PF_LAT, PF_ADDRESS, PF_DEADLINE,
+	PF_DEPTS, PF_CREATED, PF_N
+};
+
+/*
+ * Pushes the offer carried by the payload's second line (body, modified in
+ * place) to worker's connections here; false when the line is missing or
+ * malformed, and the caller reads the offer back instead.
+ */
+static bool
+push_offer_payload(char *body, uint64_t aid, const char *worker,
+    int64_t expires)
+{
+	Gridd__V1__Envelope env = GRIDD__V1__ENVELOPE__INIT;
+	Gridd__V1__AssignmentOffer *m;
+	struct disp_offer o;
+	struct push_ctx p = { &env };
+	char *f[PF_N], *q, *save = NULL;
+	int n = 0;
+	size_t conns;
+
+	for (q = body; n < PF_N; n++) {
+		f[n] = q;
+		if ((q = strchr(q, '\t')) == NULL) {
+			n++;
+			break;
+		}
+		*q++ = '\0';
+	}
+	if (n != PF_N || q != NULL)
+		return false;
+	for (int i = 0; i < PF_N; i++)
+		unescape_field(f[i]);
+	memset(&o, 0, sizeof(o));
+	m = &o.msg;
+	gridd__v1__assignment_offer__init(m);
+	m->assignment_id = aid;
+	if (field_int(f[PF_INCIDENT]) <= 0)
+		return false;
+	m->incident_id = (uint64_t)field_int(f[PF_INCIDENT]);
+	m->cell_id = f[PF_CELL];
+	m->task_type = f[PF_TASK_TYPE];
+	m->list = list_value(f[PF_LIST]);
+	m->matter = matter_value(f[PF_MATTER]);
+	m->summary = f[PF_SUMMARY];
+	m->lon = field_double(f[PF_LON]);
+	m->lat = field_double(f[PF_LAT]);
+	m->address = f[PF_ADDRESS];
+	m->deadline = field_int(f[PF_DEADLINE]);
+	m->reason = f[PF_REASON];
+	m->offer_expires_at = expires;
+	m->state = f[PF_STATE];
+	for (q = strtok_r(f[PF_DEPTS], ",", &save);
+	    q != NULL && o.n_depts < DISP_OFFER_MAX_DEPTS;
+	    q = strtok_r(NULL, ",", &save))
+		o.dept_ptrs[o.n_depts++] = q;
+	m->n_departments = o.n_depts;
+	m->departments = o.dept_ptrs;
+	o.created_ms = field_int(f[PF_CREATED]);
+	env.body_case = GRIDD__V1__ENVELOPE__BODY_ASSIGNMENT_OFFER;
+	env.assignment_offer = m;
+	conns = conn_foreach_principal(CONN_ROLE_WORKER, worker, push_visit_cb,
+	    &p);
+	if (conns > 0) {
+		d.offers_pushed++;
+		if (o.created_ms > 0)
+			metrics_hist_observe(&d.push_latency,
+			    (double)(now_ms() - o.created_ms));
+	}
+	log_debug("event=offer_push assignment=%" PRIu64 " worker=%s "
+	    "connections=%zu", aid, worker, conns);
+	return true;
+}
 
 static void
 remote_offer_cb(void *arg, const struct db_res *res)
@@ -584,47 +716,91 @@ remote_offer_cb(void *arg, const struct db_res *res)
 		push_offer_row(res, r);
 }
 
+/* "escalated INCIDENT SHORTFALL ORIGIN": an escalation made at the commit
+ * of this process's push, counted here. */
+static void
+escalated_notify(const char *payload)
+{
+	char inc[24], sf[24];
+	const char *origin;
+	int n1, n2;
+
+	if (sscanf(payload, "escalated %23[0-9] %23[a-z_] %n", inc, sf,
+	    &n1) != 2)
+		return;
+	origin = payload + n1;
+	n2 = (int)strlen(origin);
+	if (n2 == 0 || strcmp(origin, gridd.instance) != 0)
+		return;
+	d.escalations[shortfall_value(sf)]++;
+	log_info("event=escalated incident=%s shortfall=%s", inc, sf);
+}
+
+/*
+ * A new offer, from any process (gridd_offer_notify): "ASSIGNMENT WORKER
+ * ORIGIN EXPIRES_MS INCIDENT HOW", then optionally a line with the offer.
+ * The origin pushed it already unless it was made at a commit (HOW
+ * "commit"): then it counts and pushes it now. Any other process holding
+ * one of the worker's connections pushes it, from the payload or, when it
+ * was too long to carry, read back.
+ */
 static void
 offers_notify_cb(void *arg, const char *channel, const char *payload)
 {
-	char aid[24], worker[CONN_PRINCIPAL_MAX + 1];
-	const char *origin, *sp1, *sp2, *sp3;
-	const char *params[1];
-	char *end;
-	long long expires;
-	size_t n;
+	char line[CONN_PRINCIPAL_MAX + 400];
+	char *tok[6], *save = NULL, *body;
+	const char *nl, *params[1];
+	size_t head;
+	int ntok = 0;
+	int64_t aid, expires, inc;
+	bool mine, at_commit;
 
 	UNUSED(arg);
 	UNUSED(channel);
-	/* "ASSIGNMENT_ID WORKER_ID ORIGIN EXPIRES_MS" */
-	if ((sp1 = strchr(payload, ' ')) == NULL ||
-	    (sp2 = strchr(sp1 + 1, ' ')) == NULL ||
-	    (sp3 = strchr(sp2 + 1, ' ')) == NULL)
+	if (strncmp(payload, "escalated ", 10) == 0) {
+		escalated_notify(payload);
 		return;
-	origin = sp2 + 1;
-	if ((size_t)(sp3 - origin) == strlen(gridd.instance) &&
-	    strncmp(origin, gridd.instance, (size_t)(sp3 - origin)) == 0)
+	}
+	nl = strchr(payload, '\n');
+	head = nl != NULL ? (size_t)(nl - payload) : strlen(payload);
+	if (head >= sizeof(line))
+		return;
+	memcpy(line, payload, head);
+	line[head] = '\0';
+	for (char *t = strtok_r(line, " ", &save); t != NULL && ntok < 6;
+	    t = strtok_r(NULL, " ", &save))
+		tok[ntok++] = t;
+	if (ntok != 6 || (aid = field_int(tok[0])) <= 0 ||
+	    (inc = field_int(tok[4])) <= 0 ||
+	    strlen(tok[1]) > CONN_PRINCIPAL_MAX)
+		return;
+	mine = strcmp(tok[2], gridd.instance) == 0;
+	at_commit = strcmp(tok[5], "commit") == 0;
+	if (mine && !at_commit)
 		return;		/* pushed by this process already */
-	errno = 0;
-	expires = strtoll(sp3 + 1, &end, 10);
-	if (errno == 0 && end != sp3 + 1 && *end == '\0')
-		timer_arm((int64_t)expires - now_ms());
-	n = (size_t)(sp1 - payload);
-	if (n == 0 || n >= sizeof(aid) || strspn(payload, "0123456789") != n)
-		return;
-	memcpy(aid, payload, n);
-	aid[n] = '\0';
-	n = (size_t)(sp2 - sp1 - 1);
-	if (n == 0 || n > CONN_PRINCIPAL_MAX)
-		return;
-	memcpy(worker, sp1 + 1, n);
-	worker[n] = '\0';
-	/* Only a process holding one of the worker's connections reads the
-	 * offer back. */
-	if (conn_foreach_principal(CONN_ROLE_WORKER, worker, count_visit_cb,
+	expires = field_int(tok[3]);
+	if (expires > 0)
+		timer_arm(expires - now_ms());
+	if (mine) {
+		/* Made at the commit of one of this process's statements. */
+		d.offers_sent++;
+		log_info("event=offer incident=%" PRId64 " assignment=%" PRId64
+		    " worker=%s at=commit", inc, aid, tok[1]);
+	}
+	/* Only a process holding one of the worker's connections pushes. */
+	if (conn_foreach_principal(CONN_ROLE_WORKER, tok[1], count_visit_cb,
 	    NULL) == 0)
 		return;
-	params[0] = aid;
+	if (nl != NULL) {
+		bool ok;
+
+		body = xstrdup(nl + 1);
+		ok = push_offer_payload(body, (uint64_t)aid, tok[1], expires);
+		free(body);
+		if (ok)
+			return;
+	}
+	params[0] = tok[0];
 	if (!db_query(gridd.db, "SELECT " ROW_COLS " FROM"
 	    " gridd_offer_row('offered', $1::bigint) WHERE state = 'offered'",
 	    1, params, remote_offer_cb, NULL))
@@ -739,11 +915,19 @@ timers_done_cb(void *arg, enum db_status st, const struct db_res *const *res,
 		    db_res_int64(res[1], 0, 0, &delay) && delay < next)
 			next = delay;
 	}
+	if (next < 0)
+		next = 0;
 	if (more)
 		next = 0;
 	else if (d.timers_again && next > DISP_RETRY_MS)
 		next = DISP_RETRY_MS;
+	/* A due timer whose row another transaction holds stays due: come
+	 * back after a pause rather than at once, or a lock held for long
+	 * (an idle transaction in psql) turns this into a busy loop. */
+	if (d.timers_locked && next < DISP_RETRY_MS)
+		next = DISP_RETRY_MS;
 	d.timers_again = false;
+	d.timers_locked = false;
 	timer_arm(next);
 }
 

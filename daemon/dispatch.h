@@ -51,6 +51,11 @@ void disp_req_fail(struct disp_req *r, Gridd__V1__ErrorCode code,
     const char *msg);
 /* db_cb for such a statement: replies, applies every row, frees r. */
 void disp_answer_cb(void *arg, const struct db_res *res);
+/* Replies to r from row `row` of res (its outcome) and frees r; applies
+ * nothing. */
+void disp_answer_row(struct disp_req *r, const struct db_res *res, int row);
+/* The n column of a gridd_dispatch_row (a batch item's position). */
+int64_t disp_row_tag(const struct db_res *res, int row);
 
 /* Acts on the gridd_dispatch_row rows of res from row `from` on: pushes new
  * offers, counts, schedules retries. */

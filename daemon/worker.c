@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "config.h"
 #include "conn.h"
 #include "db.h"
@@ -211,10 +213,236 @@ action_name(Gridd__V1__AssignmentAction a)
 }
 
 /*
- * The transition, its event and the idempotency key commit together in one
- * statement (gridd_assignment_action); a DECLINE offers the incident to the
- * next candidate in the same transaction.
+ * Actions are committed in batches: those that arrive while the previous
+ * batch commits go together in the next (gridd_assignment_actions), so that
+ * a thousand workers answering per second cost a few commits, not a
+ * thousand, each of which would hold their departments' event sequence
+ * rows through its own disk flush. One batch is in flight at a time; a
+ * lone action goes at once. A batch the database refuses is run again item
+ * by item (gridd_assignment_action), so that one bad item fails alone.
+ * The transition, its event and the idempotency key commit together; a
+ * DECLINE offers the incident to the next candidate in the same
+ * transaction.
  */
+struct act_item {
+	struct disp_req *r;
+	char *worker;
+	char aid[24];
+	const char *action;		/* static string */
+	char *note;			/* NULL = none */
+	char lon[32], lat[32];
+	bool given;
+	char *key;			/* NULL = none */
+};
+
+static struct {
+	struct act_item *q;
+	size_t n, cap;
+	bool busy;
+	struct event *flush_ev;
+} acts;
+
+static void acts_flush_cb(evutil_socket_t fd, short what, void *arg);
+
+static void
+act_free(struct act_item *it)
+{
+	free(it->worker);
+	free(it->note);
+	free(it->key);
+}
+
+static const char *
+act_field(const struct act_item *it, int field)
+{
+	switch (field) {
+	case 0: return it->worker;
+	case 1: return it->aid;
+	case 2: return it->action;
+	case 3: return it->note;
+	case 4: return it->given ? it->lon : NULL;
+	case 5: return it->given ? it->lat : NULL;
+	default: return it->key;
+	}
+}
+
+/*
+ * The PostgreSQL array literal of one field over items, malloc'd: each
+ * element NULL or double-quoted with backslash and double quote escaped.
+ * Sized first: at most twice each value, its quotes and a comma.
+ */
+static char *
+arr_of(const struct act_item *items, size_t n, int field)
+{
+	size_t sz = 3, len = 0;
+	char *out;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *v = act_field(&items[i], field);
+
+		sz += (v != NULL ? 2 * strlen(v) : 4) + 3;
+	}
+	out = xmalloc(sz);
+	out[len++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		const char *v = act_field(&items[i], field);
+
+		if (i > 0)
+			out[len++] = ',';
+		if (v == NULL) {
+			memcpy(out + len, "NULL", 4);
+			len += 4;
+			continue;
+		}
+		out[len++] = '"';
+		for (const char *p = v; *p != '\0'; p++) {
+			if (*p == '"' || *p == '\\')
+				out[len++] = '\\';
+			out[len++] = *p;
+		}
+		out[len++] = '"';
+	}
+	out[len++] = '}';
+	out[len] = '\0';
+	return out;
+}
+
+struct act_batch {
+	struct act_item *items;
+	size_t n;
+};
+
+#define ACT_SINGLE_SQL "SELECT outcome, detail, n, incident_id," \
+	" assignment_id, worker_id, reason, state, cell_id, task_type," \
+	" list, matter, summary, lon, lat, address, deadline_ms," \
+	" departments, expires_ms, created_ms FROM" \
+	" gridd_assignment_action($1, $2::bigint, $3, $4, $5::float8," \
+	" $6::float8, $7, $8::int, $9::int, $10::int, $11::int, $12)"
+
+/* One item on its own statement; answers and frees its request. */
+static void
+act_single(struct act_item *it)
+{
+	struct disp_settings s;
+	const char *params[7 + DISP_N_SETTINGS];
+
+	disp_settings(&s);
+	params[0] = it->worker;
+	params[1] = it->aid;
+	params[2] = it->action;
+	params[3] = it->note;
+	params[4] = it->given ? it->lon : NULL;
+	params[5] = it->given ? it->lat : NULL;
+	params[6] = it->key;
+	memcpy(params + 7, s.p, sizeof(s.p));
+	if (!db_query(gridd.db, ACT_SINGLE_SQL, 7 + DISP_N_SETTINGS, params,
+	    disp_answer_cb, it->r))
+		disp_req_fail(it->r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "database unavailable");
+	it->r = NULL;
+}
+
+static void
+acts_done_cb(void *arg, const struct db_res *res)
+{
+	struct act_batch *b = arg;
+	enum db_status st = db_res_status(res);
+	int rows;
+
+	if (st == DB_OK) {
+		rows = db_res_rows(res);
+		/* Every row is applied once (offers pushed, counters); each
+		 * item is answered from its first row. */
+		disp_apply_rows(res, 0);
+		for (size_t i = 0; i < b->n; i++) {
+			int row = -1;
+
+			for (int r = 0; r < rows && row < 0; r++)
+				if (disp_row_tag(res, r) == (int64_t)i + 1)
+					row = r;
+			if (row >= 0)
+				disp_answer_row(b->items[i].r, res, row);
+			else
+				disp_req_fail(b->items[i].r,
+				    GRIDD__V1__ERROR_CODE__NOT_FOUND,
+				    "not found");
+		}
+	} else if (st == DB_SQL_ERROR && b->n > 1) {
+		const char *msg;
+
+		(void)disp_db_error(res, &msg);
+		log_warn("event=update_assignment outcome=batch_failed "
+		    "items=%zu", b->n);
+		for (size_t i = 0; i < b->n; i++)
+			act_single(&b->items[i]);
+	} else {
+		const char *msg;
+		Gridd__V1__ErrorCode code = disp_db_error(res, &msg);
+
+		for (size_t i = 0; i < b->n; i++)
+			disp_req_fail(b->items[i].r, code, msg);
+	}
+	for (size_t i = 0; i < b->n; i++)
+		act_free(&b->items[i]);
+	free(b->items);
+	free(b);
+	acts.busy = false;
+	if (acts.n > 0)
+		event_active(acts.flush_ev, EV_TIMEOUT, 0);
+}
+
+static void
+acts_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct disp_settings s;
+	const char *params[7 + DISP_N_SETTINGS];
+	char *arrs[7];
+	struct act_batch *b;
+	size_t n, max = (size_t)gridd.cfg->dispatch_batch;
+
+	UNUSED(fd);
+	UNUSED(what);
+	UNUSED(arg);
+	if (acts.busy || acts.n == 0)
+		return;
+	n = acts.n < max ? acts.n : max;
+	b = xcalloc(1, sizeof(*b));
+	b->items = xcalloc(n, sizeof(*b->items));
+	b->n = n;
+	memcpy(b->items, acts.q, n * sizeof(*acts.q));
+	memmove(acts.q, acts.q + n, (acts.n - n) * sizeof(*acts.q));
+	acts.n -= n;
+	for (int f = 0; f < 7; f++)
+		params[f] = arrs[f] = arr_of(b->items, n, f);
+	disp_settings(&s);
+	memcpy(params + 7, s.p, sizeof(s.p));
+	if (db_query(gridd.db, "SELECT outcome, detail, n, incident_id,"
+	    " assignment_id, worker_id, reason, state, cell_id, task_type,"
+	    " list, matter, summary, lon, lat, address, deadline_ms,"
+	    " departments, expires_ms, created_ms FROM"
+	    " gridd_assignment_actions($1::text[], $2::bigint[], $3::text[],"
+	    " $4::text[], $5::float8[], $6::float8[], $7::text[], $8::int,"
+	    " $9::int, $10::int, $11::int, $12)", 7 + DISP_N_SETTINGS, params,
+	    acts_done_cb, b)) {
+		acts.busy = true;
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			disp_req_fail(b->items[i].r,
+			    GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable");
+			act_free(&b->items[i]);
+		}
+		free(b->items);
+		free(b);
+		/* The rest fails the same way, a batch per loop turn. */
+		if (acts.n > 0)
+			event_active(acts.flush_ev, EV_TIMEOUT, 0);
+	}
+	for (int f = 0; f < 7; f++)
+		free(arrs[f]);
+	/* Otherwise whatever is left waits for this batch's answer. */
+}
+
 void
 worker_update_assignment(struct conn *c, const Gridd__V1__Envelope *env)
 {
@@ -223,10 +451,7 @@ worker_update_assignment(struct conn *c, const Gridd__V1__Envelope *env)
 	const char *key = in->idempotency_key != NULL ?
 	    in->idempotency_key : "";
 	const char *action = action_name(in->action);
-	struct disp_settings s;
-	const char *params[7 + DISP_N_SETTINGS];
-	char id[24], lon[32], lat[32];
-	struct disp_req *r;
+	struct act_item *it;
 	bool given;
 	const char *bad = NULL;
 
@@ -245,26 +470,30 @@ worker_update_assignment(struct conn *c, const Gridd__V1__Envelope *env)
 		    GRIDD__V1__ERROR_CODE__BAD_REQUEST, bad);
 		return;
 	}
-	snprintf(id, sizeof(id), "%" PRIu64, in->assignment_id);
-	snprintf(lon, sizeof(lon), "%.17g", in->lon);
-	snprintf(lat, sizeof(lat), "%.17g", in->lat);
-	disp_settings(&s);
-	params[0] = conn_principal(c);
-	params[1] = id;
-	params[2] = action;
-	params[3] = note[0] ? note : NULL;
-	params[4] = given ? lon : NULL;
-	params[5] = given ? lat : NULL;
-	params[6] = key[0] ? key : NULL;
-	memcpy(params + 7, s.p, sizeof(s.p));
-	r = disp_req_new(c, env->request_id, "update_assignment");
-	if (!db_query(gridd.db, "SELECT outcome, detail, n, incident_id,"
-	    " assignment_id, worker_id, reason, state, cell_id, task_type,"
-	    " list, matter, summary, lon, lat, address, deadline_ms,"
-	    " departments, expires_ms, created_ms FROM"
-	    " gridd_assignment_action($1, $2::bigint, $3, $4, $5::float8,"
-	    " $6::float8, $7, $8::int, $9::int, $10::int, $11::int, $12)",
-	    7 + DISP_N_SETTINGS, params, disp_answer_cb, r))
-		disp_req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-		    "database unavailable");
+	if (acts.flush_ev == NULL &&
+	    (acts.flush_ev = event_new(gridd.base, -1, 0, acts_flush_cb,
+	    NULL)) == NULL) {
+		rpc_reply_error(c, env->request_id,
+		    GRIDD__V1__ERROR_CODE__UNAVAILABLE, "out of resources");
+		return;
+	}
+	if (acts.n == acts.cap) {
+		acts.cap = acts.cap ? acts.cap * 2 : 64;
+		acts.q = xreallocarray(acts.q, acts.cap, sizeof(*acts.q));
+	}
+	it = &acts.q[acts.n++];
+	memset(it, 0, sizeof(*it));
+	it->worker = xstrdup(conn_principal(c));
+	snprintf(it->aid, sizeof(it->aid), "%" PRIu64, in->assignment_id);
+	it->action = action;
+	it->note = note[0] ? xstrdup(note) : NULL;
+	it->given = given;
+	snprintf(it->lon, sizeof(it->lon), "%.17g", in->lon);
+	snprintf(it->lat, sizeof(it->lat), "%.17g", in->lat);
+	it->key = key[0] ? xstrdup(key) : NULL;
+	it->r = disp_req_new(c, env->request_id, "update_assignment");
+	/* Gathered for the rest of this loop turn, or until the batch in
+	 * flight answers. */
+	if (!acts.busy)
+		event_active(acts.flush_ev, EV_TIMEOUT, 0);
 }

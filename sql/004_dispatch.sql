@@ -9,9 +9,15 @@
 --   gridd_timers_fire(limit, settings...)         fire due timers
 --   gridd_assignment_action(worker, assignment, action, note, lon, lat,
 --                           key, settings...)     ACCEPT/DECLINE/START/RESOLVE
+--   gridd_assignment_actions(the same as arrays, settings...)   several
 --   gridd_verify_incident(department, incident, accept, note, settings...)
 --   gridd_worker_checkin(worker, lon, lat, on_duty, history)
 --   gridd_offers_v                                 offers as the wire shows them
+--
+-- and, with no call at all, a new incident for a worker inserted by a gridd
+-- process is offered at its transaction's commit (gridd_dispatch_at_commit;
+-- the process's settings come from dispatch_origins, which
+-- gridd_dispatch_scan keeps).
 --
 -- settings are always (offer_timeout_s, max_offers, checkin_max_age_s,
 -- retry_s, origin): the [dispatch] config and the calling process's
@@ -37,14 +43,19 @@
 --
 -- Locking order, the same everywhere so that dispatchers do not deadlock
 -- each other: timer -> assignment -> incident -> worker -> department_seq
--- (taken by gridd_emit_event last).  Rows are locked FOR NO KEY UPDATE, the
+-- (taken by gridd_emit_events_to last, through gridd_dispatch_emit; a
+-- batch of actions writes all its events in one call at its end).  Rows
+-- are locked FOR NO KEY UPDATE, the
 -- lock an UPDATE takes: it serialises dispatchers just as well, and does not
 -- block the FOR KEY SHARE that foreign-key checks take (an events row
 -- written by another transaction for a locked incident, an assignment for a
 -- locked worker), which would otherwise close a cycle through
 -- department_seq.  Workers are locked with SKIP LOCKED:
 -- a worker row held by another transaction (another process offering to
--- the same worker, a check-in) makes the item 'retry' instead of waiting.
+-- the same worker, a check-in, an answer changing its open_count) makes
+-- the item 'retry' instead of waiting.  An answer that changes a worker's
+-- load locks the worker (open_count) after its assignment and incident, as
+-- the order says; ACCEPT and START leave the worker's row alone.
 -- Timer handling locks assignments and incidents with SKIP LOCKED too, so a
 -- timer never waits for a worker's action and the action's DELETE of the
 -- timer never waits long.  Items of a batch run in their own
@@ -85,6 +96,79 @@ CREATE INDEX worker_checkins_worker_id_idx
 	ON worker_checkins (worker_id, checkin_id);
 -- Candidates are looked for among the workers of one community.
 CREATE INDEX workers_community_idx ON workers (community_id);
+
+-- Open assignments per worker (offered, accepted, in_progress), kept by a
+-- trigger on assignments in the transaction that changes them, so that
+-- choosing among thousands of workers reads a column instead of counting.
+-- An action that leaves the count alone (ACCEPT, START) does not touch the
+-- worker's row; one that changes it updates the row the dispatcher already
+-- locked (an offer) or takes its lock after the assignment's and the
+-- incident's, in the locking order below.
+ALTER TABLE workers ADD COLUMN open_count integer NOT NULL DEFAULT 0
+	CHECK (open_count >= 0);
+
+CREATE FUNCTION gridd_open_state(p_state text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT p_state IN ('offered', 'accepted', 'in_progress')
+$$;
+
+CREATE FUNCTION gridd_open_count_tg()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_old text;
+	v_new text;
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND gridd_open_state(OLD.state) THEN
+		v_old := OLD.worker_id;
+	END IF;
+	IF TG_OP IN ('INSERT', 'UPDATE') AND gridd_open_state(NEW.state) THEN
+		v_new := NEW.worker_id;
+	END IF;
+	IF v_old IS NOT DISTINCT FROM v_new THEN
+		RETURN NULL;
+	END IF;
+	IF v_old IS NOT NULL THEN
+		UPDATE workers SET open_count = greatest(open_count - 1, 0)
+		WHERE worker_id = v_old;
+	END IF;
+	IF v_new IS NOT NULL THEN
+		UPDATE workers SET open_count = open_count + 1
+		WHERE worker_id = v_new;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER assignments_open_count AFTER INSERT OR DELETE OR
+	UPDATE OF state, worker_id ON assignments
+	FOR EACH ROW EXECUTE FUNCTION gridd_open_count_tg();
+
+UPDATE workers w SET open_count = o.n
+FROM (SELECT worker_id, count(*) AS n FROM assignments
+    WHERE gridd_open_state(state) GROUP BY worker_id) o
+WHERE o.worker_id = w.worker_id;
+
+-- The [dispatch] settings of each running gridd process, under the
+-- application_name its database sessions carry: the dispatch made at the
+-- commit of a feed's transaction (gridd_dispatch_at_commit) runs with the
+-- settings of the process that sent it.  Each process writes its row with
+-- every scan (so a reload shows within scan_interval_s); rows not written
+-- for a day are from processes long gone.
+CREATE TABLE dispatch_origins (
+	app_name	text PRIMARY KEY,
+	instance	text NOT NULL CHECK (instance ~ '^[^[:space:]]+$'
+			    AND length(instance) <= 300),
+	offer_timeout_s	integer NOT NULL CHECK (offer_timeout_s > 0),
+	max_offers	integer NOT NULL CHECK (max_offers > 0),
+	checkin_max_age_s integer NOT NULL CHECK (checkin_max_age_s > 0),
+	retry_s		integer NOT NULL CHECK (retry_s > 0),
+	batch		integer NOT NULL CHECK (batch > 0),
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
 
 -- The rows the daemon reads -------------------------------------------------
 
@@ -161,6 +245,118 @@ AS $$
 	    AND me.geom IS NOT NULL
 $$;
 
+-- Events for status changes made here, set-based: one events row per source
+-- department of each incident (in the departments' order, as
+-- gridd_emit_event writes them), with each department's own ext_id read
+-- through the incident's sources, then gridd_emit_events_to takes the
+-- department_seq locks once, last, in department order.
+CREATE FUNCTION gridd_dispatch_emit(p_incidents bigint[], p_statuses text[],
+    p_workers text[], p_notes text[])
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_inc bigint[];
+	v_dep text[];
+	v_st text[];
+	v_wk text[];
+	v_nt text[];
+	v_ext text[];
+BEGIN
+	IF coalesce(cardinality(p_incidents), 0) = 0 THEN
+		RETURN;
+	END IF;
+	-- "source_kind || ''": the lookup goes through the sources of one
+	-- incident (incident_sources_incident_idx), never through all of a
+	-- department's sources.
+	SELECT array_agg(u.inc ORDER BY u.ord, d.dept),
+	    array_agg(d.dept ORDER BY u.ord, d.dept),
+	    array_agg(u.st ORDER BY u.ord, d.dept),
+	    array_agg(u.wk ORDER BY u.ord, d.dept),
+	    array_agg(u.nt ORDER BY u.ord, d.dept),
+	    array_agg(coalesce(e.ext_id, '') ORDER BY u.ord, d.dept)
+	INTO v_inc, v_dep, v_st, v_wk, v_nt, v_ext
+	FROM unnest(p_incidents, p_statuses, p_workers, p_notes)
+	    WITH ORDINALITY AS u(inc, st, wk, nt, ord)
+	JOIN incidents i ON i.incident_id = u.inc
+	CROSS JOIN LATERAL (SELECT DISTINCT x AS dept
+	    FROM unnest(i.departments) x) d
+	LEFT JOIN LATERAL (
+		SELECT s.ext_id FROM incident_sources s
+		WHERE s.incident_id = u.inc AND s.source_id = d.dept
+		    AND s.source_kind || '' = 'department'
+		ORDER BY s.pushed_at, s.ext_id LIMIT 1
+	) e ON true;
+	IF v_inc IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM gridd_emit_events_to(v_inc, v_dep, v_st, v_wk, v_nt, v_ext);
+END
+$$;
+
+-- One status change, as gridd_emit_event, through gridd_dispatch_emit.
+CREATE FUNCTION gridd_dispatch_emit1(p_incident bigint, p_status text,
+    p_worker text, p_note text)
+RETURNS void
+LANGUAGE sql
+AS $$
+	SELECT gridd_dispatch_emit(ARRAY[p_incident], ARRAY[p_status],
+	    ARRAY[p_worker], ARRAY[p_note])
+$$;
+
+-- A NOTIFY payload field: backslash, tab, newline and carriage return
+-- escaped, so that fields split on tabs and lines on newlines.
+CREATE FUNCTION gridd_notify_field(p text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT replace(replace(replace(replace(coalesce(p, ''), '\', '\\'),
+	    E'\t', '\t'), E'\n', '\n'), E'\r', '\r')
+$$;
+
+-- The gridd_offers NOTIFY for a new offer, delivered at commit to every
+-- process.  First line "ASSIGNMENT WORKER ORIGIN EXPIRES_MS INCIDENT HOW":
+-- the origin process made it, by a statement whose rows it reads (HOW
+-- "statement") or at the commit of another statement ("commit": the origin
+-- has not seen it yet, and counts it when the NOTIFY arrives); every
+-- process wakes for the expiry, so that it fires on time even if the
+-- origin died.  Second line: the offer itself, tab-separated (incident,
+-- reason, state, cell, task type, list, matter, summary, lon, lat,
+-- address, deadline_ms, departments, created_ms), so that a process
+-- holding the worker's connection pushes it without reading it back; left
+-- out when the payload would pass PostgreSQL's 8000-byte limit.
+CREATE FUNCTION gridd_offer_notify(p_assignment bigint, p_origin text,
+    p_mark text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_head text;
+	v_body text;
+BEGIN
+	SELECT v.assignment_id || ' ' || v.worker_id || ' ' || p_origin ||
+	    ' ' || v.expires_ms || ' ' || v.incident_id || ' ' || p_mark,
+	    concat_ws(E'\t', v.incident_id, gridd_notify_field(v.reason),
+		gridd_notify_field(v.state), gridd_notify_field(v.cell_id),
+		gridd_notify_field(v.task_type), gridd_notify_field(v.list),
+		gridd_notify_field(v.matter), gridd_notify_field(v.summary),
+		coalesce(v.lon::text, ''), coalesce(v.lat::text, ''),
+		gridd_notify_field(v.address),
+		coalesce(v.deadline_ms::text, ''),
+		gridd_notify_field(v.departments),
+		coalesce(v.created_ms::text, ''))
+	INTO v_head, v_body
+	FROM gridd_offers_v v WHERE v.assignment_id = p_assignment;
+	IF v_head IS NULL THEN
+		RETURN;
+	END IF;
+	IF octet_length(v_head) + octet_length(v_body) < 7900 THEN
+		v_head := v_head || E'\n' || v_body;
+	END IF;
+	PERFORM pg_notify('gridd_offers', v_head);
+END
+$$;
+
 -- Offers one incident to the best worker, or escalates it.  The caller holds
 -- the incident's row lock.
 --
@@ -168,9 +364,10 @@ $$;
 -- incident's cell (tier 1), whose backup cells include it (tier 2), or whose
 -- primary cell touches it (tier 3), less those who declined this incident or
 -- let its offer expire.  Eligible: on duty and below max_open open
--- (offered, accepted, in_progress) assignments.  Order: tier, then fewer
--- open assignments, then the shorter distance from a check-in position not
--- older than checkin_max_age_s (none = last), then worker id.
+-- (offered, accepted, in_progress) assignments (workers.open_count).  Order:
+-- tier, then fewer open assignments, then the shorter distance from a
+-- check-in position not older than checkin_max_age_s (none = last), then
+-- worker id.
 --
 -- The reason recorded says what decided, comparing the chosen worker with
 -- the next eligible candidate of the same tier:
@@ -184,9 +381,25 @@ $$;
 --   no_workers      no candidate at all (none assigned, or all asked);
 --   all_off_duty    candidates, none on duty;
 --   all_at_capacity on-duty candidates, all at max_open.
-CREATE FUNCTION gridd_dispatch_one(p_incident bigint, p_timeout_s integer,
+--
+-- Two passes with the same result.  The fast one reads only the eligible
+-- workers of tiers 1 and 2 (the on-duty primary-cell index and the backup
+-- cells' GIN index) and measures distances only within the leading (tier,
+-- load) group, the only place where distance can decide; it ends as soon as
+-- it has a chosen worker and the runner-up.  A leading candidate whose row
+-- another transaction holds makes the item 'retry' (the answer that holds
+-- it may lower its load), except at a commit, where the next one is tried.  The full pass (every candidate, neighbour cells
+-- included) runs when the fast one found nobody: it decides tier 3 and the
+-- shortfall.
+--
+-- p_mode: 'emit' writes the events here; 'collect' leaves them to the
+-- caller (which writes a batch's events once, last), from the offered and
+-- escalated rows; 'commit' too, called at the commit of another statement
+-- (the feed's INSERT), and the NOTIFYs tell the origin it has not seen the
+-- offer or the escalation.
+CREATE FUNCTION gridd_dispatch_choose(p_incident bigint, p_timeout_s integer,
     p_max_offers integer, p_max_age_s integer, p_retry_s integer,
-    p_origin text)
+    p_origin text, p_mode text)
 RETURNS SETOF gridd_dispatch_row
 LANGUAGE plpgsql
 AS $$
@@ -194,6 +407,7 @@ DECLARE
 	inc incidents%ROWTYPE;
 	c record;
 	v_nb text[];
+	v_asked text[];
 	v_round integer;
 	v_scope integer := 0;
 	v_on integer := 0;
@@ -207,6 +421,7 @@ DECLARE
 	v_aid bigint;
 	v_now_open integer;
 	v_max integer;
+	v_since timestamptz := now() - make_interval(secs => p_max_age_s);
 BEGIN
 	SELECT * INTO inc FROM incidents WHERE incident_id = p_incident;
 	IF NOT FOUND OR inc.route <> 'worker' OR
@@ -227,55 +442,59 @@ BEGIN
 	WHERE a.incident_id = p_incident AND a.offered_at >= inc.round_at;
 	IF v_round >= p_max_offers THEN
 		v_short := 'max_offers';
+	ELSIF inc.cell_id IS NULL THEN
+		v_short := 'no_workers';
 	ELSE
-		v_nb := CASE WHEN inc.cell_id IS NULL THEN '{}'::text[]
-		    ELSE gridd_neighbour_cells(inc.cell_id) END;
+		SELECT coalesce(array_agg(DISTINCT d.worker_id), '{}')
+		INTO v_asked FROM assignments d
+		WHERE d.incident_id = p_incident
+		    AND d.state IN ('declined', 'expired');
+
+		-- The fast pass.
 		FOR c IN
-			WITH cand AS (
-				SELECT w.worker_id, w.on_duty, w.max_open,
-				    CASE WHEN w.primary_cell = inc.cell_id
-					THEN 1
-					WHEN inc.cell_id = ANY (w.backup_cells)
-					THEN 2 ELSE 3 END AS tier,
-				    (SELECT count(*) FROM assignments o
-				     WHERE o.worker_id = w.worker_id
-				     AND o.state IN ('offered', 'accepted',
-					'in_progress'))::integer AS load,
-				    CASE WHEN inc.geom IS NOT NULL
-					AND w.last_lon IS NOT NULL
-					AND w.last_lat IS NOT NULL
-					AND w.last_checkin_at >= now() -
-					    make_interval(secs => p_max_age_s)
-				    THEN ST_Distance(inc.geom::geography,
-					ST_SetSRID(ST_MakePoint(w.last_lon,
-					w.last_lat), 4326)::geography)
-				    END AS dist
+			WITH e AS (
+				SELECT w.worker_id, 1 AS tier,
+				    w.open_count AS load, w.last_lon,
+				    w.last_lat, w.last_checkin_at
 				FROM workers w
 				WHERE w.community_id = inc.community_id
-				    AND inc.cell_id IS NOT NULL
-				    AND (w.primary_cell = inc.cell_id
-					OR inc.cell_id = ANY (w.backup_cells)
-					OR w.primary_cell = ANY (v_nb))
-				    AND NOT EXISTS (SELECT 1 FROM assignments d
-					WHERE d.incident_id = p_incident
-					AND d.worker_id = w.worker_id
-					AND d.state IN ('declined', 'expired'))
+				    AND w.primary_cell = inc.cell_id
+				    AND w.on_duty
+				    AND w.open_count < w.max_open
+				    AND w.worker_id <> ALL (v_asked)
+				UNION ALL
+				SELECT w.worker_id, 2, w.open_count,
+				    w.last_lon, w.last_lat, w.last_checkin_at
+				FROM workers w
+				WHERE w.backup_cells @> ARRAY[inc.cell_id]
+				    AND w.community_id = inc.community_id
+				    AND w.primary_cell IS DISTINCT FROM
+					inc.cell_id
+				    AND w.on_duty
+				    AND w.open_count < w.max_open
+				    AND w.worker_id <> ALL (v_asked)
+			), lead AS (
+				SELECT e.tier, e.load FROM e
+				ORDER BY e.tier, e.load LIMIT 1
 			)
-			SELECT cand.*, (on_duty AND load < max_open) AS eligible
-			FROM cand
-			ORDER BY (on_duty AND load < max_open) DESC, tier, load,
-			    dist NULLS LAST, worker_id COLLATE "C"
+			SELECT e.worker_id, e.tier, e.load,
+			    (e.tier = l.tier AND e.load = l.load) AS leading,
+			    CASE WHEN e.tier = l.tier AND e.load = l.load
+				AND inc.geom IS NOT NULL
+				AND e.last_lon IS NOT NULL
+				AND e.last_lat IS NOT NULL
+				AND e.last_checkin_at >= v_since
+			    THEN ST_Distance(inc.geom::geography,
+				ST_SetSRID(ST_MakePoint(e.last_lon,
+				e.last_lat), 4326)::geography)
+			    END AS dist
+			FROM e CROSS JOIN lead l
+			ORDER BY e.tier, e.load, dist NULLS LAST,
+			    e.worker_id COLLATE "C"
 		LOOP
-			v_scope := v_scope + 1;
-			IF c.on_duty THEN
-				v_on := v_on + 1;
-			END IF;
-			IF NOT c.eligible THEN
-				CONTINUE;
-			END IF;
 			IF v_chosen IS NOT NULL THEN
 				-- The runner-up explains the choice.
-				IF v_reason IS NULL AND c.tier = v_tier THEN
+				IF c.tier = v_tier THEN
 					IF c.load > v_open THEN
 						v_reason := 'least_loaded';
 					ELSIF v_dist IS NOT NULL AND
@@ -286,23 +505,30 @@ BEGIN
 				END IF;
 				EXIT;
 			END IF;
-			SELECT w.max_open INTO v_max FROM workers w
+			IF NOT c.leading THEN
+				EXIT;	-- the leading group was busy
+			END IF;
+			SELECT w.max_open, w.open_count INTO v_max, v_now_open
+			FROM workers w
 			WHERE w.worker_id = c.worker_id AND w.on_duty
 			FOR NO KEY UPDATE SKIP LOCKED;
 			IF NOT FOUND THEN
-				-- Locked by another transaction (or just went
-				-- off duty): try again shortly rather than
-				-- wait or give up on this worker.
-				v_contended := v_contended OR EXISTS (
+				-- Held by another transaction (an offer, a
+				-- check-in, an answer that changes its load):
+				-- the item is retried shortly rather than
+				-- given to a worse candidate.  Not at a
+				-- commit, which must not leave the push's
+				-- incidents behind: there the next candidate
+				-- takes it, as in the full pass.
+				IF p_mode <> 'commit' AND EXISTS (
 				    SELECT 1 FROM workers w
 				    WHERE w.worker_id = c.worker_id
-				    AND w.on_duty);
+				    AND w.on_duty) THEN
+					v_contended := true;
+					EXIT;
+				END IF;
 				CONTINUE;
 			END IF;
-			SELECT count(*) INTO v_now_open FROM assignments o
-			WHERE o.worker_id = c.worker_id
-			    AND o.state IN ('offered', 'accepted',
-				'in_progress');
 			IF v_now_open >= v_max THEN
 				CONTINUE;
 			END IF;
@@ -312,11 +538,99 @@ BEGIN
 			v_dist := c.dist;
 		END LOOP;
 
+		IF v_chosen IS NULL AND NOT v_contended THEN
+			-- The full pass.
+			v_nb := gridd_neighbour_cells(inc.cell_id);
+			FOR c IN
+				WITH cand AS (
+					SELECT w.worker_id, w.on_duty,
+					    w.max_open,
+					    CASE WHEN w.primary_cell =
+						inc.cell_id THEN 1
+						WHEN inc.cell_id =
+						ANY (w.backup_cells)
+						THEN 2 ELSE 3 END AS tier,
+					    w.open_count AS load,
+					    CASE WHEN inc.geom IS NOT NULL
+						AND w.last_lon IS NOT NULL
+						AND w.last_lat IS NOT NULL
+						AND w.last_checkin_at >=
+						    v_since
+					    THEN ST_Distance(
+						inc.geom::geography,
+						ST_SetSRID(ST_MakePoint(
+						w.last_lon, w.last_lat),
+						4326)::geography)
+					    END AS dist
+					FROM workers w
+					WHERE w.community_id =
+					    inc.community_id
+					    AND (w.primary_cell = inc.cell_id
+						OR inc.cell_id =
+						ANY (w.backup_cells)
+						OR w.primary_cell =
+						ANY (v_nb))
+					    AND w.worker_id <> ALL (v_asked)
+				)
+				SELECT cand.*, (on_duty AND load < max_open)
+				    AS eligible
+				FROM cand
+				ORDER BY (on_duty AND load < max_open) DESC,
+				    tier, load, dist NULLS LAST,
+				    worker_id COLLATE "C"
+			LOOP
+				v_scope := v_scope + 1;
+				IF c.on_duty THEN
+					v_on := v_on + 1;
+				END IF;
+				IF NOT c.eligible THEN
+					CONTINUE;
+				END IF;
+				IF v_chosen IS NOT NULL THEN
+					IF v_reason IS NULL AND
+					    c.tier = v_tier THEN
+						IF c.load > v_open THEN
+							v_reason :=
+							    'least_loaded';
+						ELSIF v_dist IS NOT NULL AND
+						    (c.dist IS NULL OR
+						    c.dist > v_dist) THEN
+							v_reason := 'nearest';
+						END IF;
+					END IF;
+					EXIT;
+				END IF;
+				SELECT w.max_open, w.open_count
+				INTO v_max, v_now_open FROM workers w
+				WHERE w.worker_id = c.worker_id AND w.on_duty
+				FOR NO KEY UPDATE SKIP LOCKED;
+				IF NOT FOUND THEN
+					-- Locked by another transaction (or
+					-- just went off duty): try again
+					-- shortly rather than wait or give
+					-- up on this worker.
+					v_contended := v_contended OR EXISTS (
+					    SELECT 1 FROM workers w
+					    WHERE w.worker_id = c.worker_id
+					    AND w.on_duty);
+					CONTINUE;
+				END IF;
+				IF v_now_open >= v_max THEN
+					CONTINUE;
+				END IF;
+				v_chosen := c.worker_id;
+				v_tier := c.tier;
+				v_open := v_now_open;
+				v_dist := c.dist;
+			END LOOP;
+		END IF;
+
 		IF v_chosen IS NOT NULL THEN
 			v_reason := coalesce(v_reason, CASE v_tier
 			    WHEN 1 THEN 'primary_cell'
 			    WHEN 2 THEN 'backup_cell'
 			    ELSE 'neighbour_cell' END);
+			-- workers.open_count follows (gridd_open_count_tg).
 			INSERT INTO assignments (incident_id, worker_id,
 			    community_id, reason, expires_at)
 			VALUES (p_incident, v_chosen, inc.community_id,
@@ -329,16 +643,14 @@ BEGIN
 			    offers = offers + 1, next_try_at = 'infinity',
 			    updated_at = now()
 			WHERE incident_id = p_incident;
-			PERFORM gridd_emit_event(p_incident, 'dispatched',
-			    v_chosen, 'offered: ' || v_reason);
-			-- Delivered at commit to every process: "ASSIGNMENT
-			-- WORKER ORIGIN EXPIRES_MS".  The origin pushed it
-			-- itself; every process wakes for the expiry, so that
-			-- it fires on time even if the origin died.
-			PERFORM pg_notify('gridd_offers', v_aid::text || ' ' ||
-			    v_chosen || ' ' || p_origin || ' ' ||
-			    (extract(epoch FROM now() + make_interval(
-				secs => p_timeout_s)) * 1000)::bigint::text);
+			IF p_mode = 'emit' THEN
+				PERFORM gridd_dispatch_emit1(p_incident,
+				    'dispatched', v_chosen,
+				    'offered: ' || v_reason);
+			END IF;
+			PERFORM gridd_offer_notify(v_aid, p_origin,
+			    CASE WHEN p_mode = 'commit' THEN 'commit'
+				ELSE 'statement' END);
 			RETURN QUERY SELECT * FROM gridd_offer_row('offered',
 			    v_aid);
 			RETURN;
@@ -367,10 +679,26 @@ BEGIN
 	    next_try_at = now() + make_interval(secs => p_retry_s),
 	    updated_at = now()
 	WHERE incident_id = p_incident;
-	PERFORM gridd_emit_event(p_incident, 'escalated', NULL,
-	    'no worker: ' || v_short);
+	IF p_mode = 'commit' THEN
+		-- The origin counts it: "escalated INCIDENT SHORTFALL ORIGIN".
+		PERFORM pg_notify('gridd_offers', 'escalated ' ||
+		    p_incident::text || ' ' || v_short || ' ' || p_origin);
+	ELSIF p_mode = 'emit' THEN
+		PERFORM gridd_dispatch_emit1(p_incident, 'escalated', NULL,
+		    'no worker: ' || v_short);
+	END IF;
 	RETURN NEXT gridd_drow('escalated', v_short, NULL, p_incident, NULL);
 END
+$$;
+
+CREATE FUNCTION gridd_dispatch_one(p_incident bigint, p_timeout_s integer,
+    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
+    p_origin text)
+RETURNS SETOF gridd_dispatch_row
+LANGUAGE sql
+AS $$
+	SELECT * FROM gridd_dispatch_choose(p_incident, p_timeout_s,
+	    p_max_offers, p_max_age_s, p_retry_s, p_origin, 'emit')
 $$;
 
 -- Dispatches one incident in its own subtransaction; a failure leaves it
@@ -438,6 +766,8 @@ DECLARE
 	v_id bigint;
 	v_n integer := 0;
 BEGIN
+	PERFORM gridd_dispatch_publish(p_limit, p_timeout_s, p_max_offers,
+	    p_max_age_s, p_retry_s, p_origin);
 	FOR v_id IN SELECT i.incident_id FROM incidents i
 	    WHERE i.route = 'worker'
 	    AND i.status IN ('new', 'dispatched', 'escalated')
@@ -455,6 +785,129 @@ BEGIN
 		RETURN NEXT gridd_drow('more', NULL, v_n, NULL, NULL);
 	END IF;
 END
+$$;
+
+-- Dispatch at the feed's commit -------------------------------------------------
+
+-- A new incident for a worker is offered in the transaction that creates it,
+-- when that transaction comes from a gridd process (its application_name
+-- has a dispatch_origins row): the offer then commits with the push, costs
+-- no commit of its own, and its NOTIFY reaches the processes as the push's
+-- reply leaves.  Other writers (a tool, psql) leave the incident to the
+-- NOTIFY gridd_dispatch and the scan, as does any failure here.
+--
+-- A row trigger notes the ids in a transaction-local setting; a deferred
+-- constraint trigger runs once at commit, after everything the feed wrote
+-- (its 'new' events come first), and dispatches them in id order, in one
+-- subtransaction, with the events written last in one call.  At most
+-- dispatch_batch of them: a group commit of a thousand items must not hold
+-- its commit (and its departments' sequence rows) for seconds; the rest go
+-- the NOTIFY way, in parallel statements.  At that
+-- point the transaction holds the new incidents' rows and its departments'
+-- sequence rows already; workers are taken with SKIP LOCKED, so the commit
+-- never waits for another transaction here.
+CREATE FUNCTION gridd_dispatch_note_tg()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_ids text := current_setting('gridd.dispatch_at_commit', true);
+BEGIN
+	PERFORM set_config('gridd.dispatch_at_commit',
+	    CASE WHEN coalesce(v_ids, '') = '' THEN NEW.incident_id::text
+		ELSE v_ids || ',' || NEW.incident_id::text END, true);
+	RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION gridd_dispatch_at_commit_tg()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_ids text := current_setting('gridd.dispatch_at_commit', true);
+	o dispatch_origins%ROWTYPE;
+	r gridd_dispatch_row;
+	v_id bigint;
+	v_inc bigint[] := '{}';
+	v_st text[] := '{}';
+	v_wk text[] := '{}';
+	v_nt text[] := '{}';
+BEGIN
+	IF coalesce(v_ids, '') = '' THEN
+		RETURN NULL;	-- done by the first of the batch
+	END IF;
+	PERFORM set_config('gridd.dispatch_at_commit', '', true);
+	SELECT * INTO o FROM dispatch_origins
+	WHERE app_name = current_setting('application_name');
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		FOR v_id IN SELECT i.incident_id FROM incidents i
+		    WHERE i.incident_id = ANY (string_to_array(v_ids,
+			',')::bigint[])
+		    AND i.route = 'worker' AND i.status = 'new'
+		    ORDER BY i.incident_id LIMIT o.batch
+		LOOP
+			FOR r IN SELECT * FROM gridd_dispatch_choose(v_id,
+			    o.offer_timeout_s, o.max_offers,
+			    o.checkin_max_age_s, o.retry_s, o.instance, 'commit')
+			LOOP
+				IF r.outcome = 'offered' THEN
+					v_inc := v_inc || r.incident_id;
+					v_st := v_st || 'dispatched'::text;
+					v_wk := v_wk || r.worker_id;
+					v_nt := v_nt || ('offered: ' ||
+					    r.reason);
+				ELSIF r.outcome = 'escalated' THEN
+					v_inc := v_inc || r.incident_id;
+					v_st := v_st || 'escalated'::text;
+					v_wk := v_wk || NULL::text;
+					v_nt := v_nt || ('no worker: ' ||
+					    r.detail);
+				END IF;
+			END LOOP;
+		END LOOP;
+		PERFORM gridd_dispatch_emit(v_inc, v_st, v_wk, v_nt);
+	EXCEPTION WHEN OTHERS THEN
+		-- Undone, offers and NOTIFYs alike; the incidents stay due,
+		-- and the feed's NOTIFY gridd_dispatch brings a dispatcher.
+		RAISE WARNING 'gridd dispatch at commit failed: % (%)',
+		    SQLERRM, SQLSTATE;
+	END;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER incidents_dispatch_note AFTER INSERT ON incidents
+	FOR EACH ROW WHEN (NEW.route = 'worker' AND NEW.status = 'new')
+	EXECUTE FUNCTION gridd_dispatch_note_tg();
+CREATE CONSTRAINT TRIGGER incidents_dispatch_at_commit AFTER INSERT
+	ON incidents DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW WHEN (NEW.route = 'worker' AND NEW.status = 'new')
+	EXECUTE FUNCTION gridd_dispatch_at_commit_tg();
+
+-- A process's settings for gridd_dispatch_at_commit_tg (see
+-- dispatch_origins); written with every scan.
+CREATE FUNCTION gridd_dispatch_publish(p_batch integer, p_timeout_s integer,
+    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
+    p_origin text)
+RETURNS void
+LANGUAGE sql
+AS $$
+	INSERT INTO dispatch_origins AS d (app_name, instance, offer_timeout_s,
+	    max_offers, checkin_max_age_s, retry_s, batch)
+	VALUES (current_setting('application_name'), p_origin, p_timeout_s,
+	    p_max_offers, p_max_age_s, p_retry_s, p_batch)
+	ON CONFLICT (app_name) DO UPDATE SET instance = EXCLUDED.instance,
+	    offer_timeout_s = EXCLUDED.offer_timeout_s,
+	    max_offers = EXCLUDED.max_offers,
+	    checkin_max_age_s = EXCLUDED.checkin_max_age_s,
+	    retry_s = EXCLUDED.retry_s, batch = EXCLUDED.batch,
+	    updated_at = now();
+	DELETE FROM dispatch_origins
+	WHERE updated_at < now() - interval '1 day';
 $$;
 
 -- Timers ------------------------------------------------------------------------
@@ -531,7 +984,8 @@ BEGIN
 	END IF;
 	UPDATE incidents SET sla_escalated = true, updated_at = now()
 	WHERE incident_id = p_incident;
-	PERFORM gridd_emit_event(p_incident, 'escalated', NULL, 'sla overdue');
+	PERFORM gridd_dispatch_emit1(p_incident, 'escalated', NULL,
+	    'sla overdue');
 	RETURN NEXT gridd_drow('sla', inc.status, NULL, p_incident, NULL);
 END
 $$;
@@ -600,15 +1054,21 @@ $$;
 -- p_key (NULL = none) makes the action take effect once: a replay with the
 -- same key, assignment and action answers 'replay' whatever the state is
 -- now; the key on another assignment or action is a conflict.
-CREATE FUNCTION gridd_assignment_action(p_worker text, p_assignment bigint,
+--
+-- p_collect: the status change's event comes back as an 'event' row
+-- (detail = status, worker_id, summary = note) for the caller to write,
+-- and a DECLINE's next offer leaves its event to the caller too
+-- (gridd_assignment_actions).
+CREATE FUNCTION gridd_assignment_act(p_worker text, p_assignment bigint,
     p_action text, p_note text, p_lon double precision,
     p_lat double precision, p_key text, p_timeout_s integer,
     p_max_offers integer, p_max_age_s integer, p_retry_s integer,
-    p_origin text)
+    p_origin text, p_collect boolean)
 RETURNS SETOF gridd_dispatch_row
 LANGUAGE plpgsql
 AS $$
 DECLARE
+	ev gridd_dispatch_row;
 	a assignments%ROWTYPE;
 	k assignment_actions%ROWTYPE;
 	v_from text;
@@ -702,16 +1162,96 @@ BEGIN
 	RETURN NEXT gridd_drow('ok', v_to, NULL, a.incident_id, p_assignment);
 	IF v_to = 'declined' THEN
 		-- The next candidate at once, in this transaction.
-		RETURN QUERY SELECT * FROM gridd_dispatch_one(a.incident_id,
+		RETURN QUERY SELECT * FROM gridd_dispatch_choose(a.incident_id,
 		    p_timeout_s, p_max_offers, p_max_age_s, p_retry_s,
-		    p_origin);
+		    p_origin, CASE WHEN p_collect THEN 'collect'
+			ELSE 'emit' END);
 		RETURN;
 	END IF;
 	v_status := v_to;	-- accepted, in_progress, resolved
 	UPDATE incidents SET status = v_status, updated_at = now()
 	WHERE incident_id = a.incident_id;
-	PERFORM gridd_emit_event(a.incident_id, v_status, p_worker,
-	    CASE WHEN v_to = 'resolved' THEN coalesce(p_note, '') ELSE '' END);
+	IF p_collect THEN
+		ev := gridd_drow('event', v_status, NULL, a.incident_id,
+		    p_assignment);
+		ev.worker_id := p_worker;
+		ev.summary := CASE WHEN v_to = 'resolved'
+		    THEN coalesce(p_note, '') ELSE '' END;
+		RETURN NEXT ev;
+	ELSE
+		PERFORM gridd_dispatch_emit1(a.incident_id, v_status, p_worker,
+		    CASE WHEN v_to = 'resolved' THEN coalesce(p_note, '')
+			ELSE '' END);
+	END IF;
+END
+$$;
+
+CREATE FUNCTION gridd_assignment_action(p_worker text, p_assignment bigint,
+    p_action text, p_note text, p_lon double precision,
+    p_lat double precision, p_key text, p_timeout_s integer,
+    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
+    p_origin text)
+RETURNS SETOF gridd_dispatch_row
+LANGUAGE sql
+AS $$
+	SELECT * FROM gridd_assignment_act(p_worker, p_assignment, p_action,
+	    p_note, p_lon, p_lat, p_key, p_timeout_s, p_max_offers,
+	    p_max_age_s, p_retry_s, p_origin, false)
+$$;
+
+-- Several workers' actions in one transaction and one commit (the daemon
+-- gathers those that arrive while the previous batch commits): each as
+-- gridd_assignment_action, in assignment order (the order that keeps
+-- batches from deadlocking each other on the assignment rows), every row
+-- tagged in n with the item's 1-based position; the events of all items
+-- are written last, in one call.  An item that fails fails the batch,
+-- which the daemon then runs item by item.
+CREATE FUNCTION gridd_assignment_actions(p_workers text[],
+    p_assignments bigint[], p_actions text[], p_notes text[],
+    p_lons double precision[], p_lats double precision[], p_keys text[],
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
+RETURNS SETOF gridd_dispatch_row
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	r gridd_dispatch_row;
+	v_i integer;
+	v_inc bigint[] := '{}';
+	v_st text[] := '{}';
+	v_wk text[] := '{}';
+	v_nt text[] := '{}';
+BEGIN
+	FOR v_i IN SELECT u.i FROM unnest(p_assignments) WITH ORDINALITY
+	    AS u(aid, i) ORDER BY u.aid, u.i
+	LOOP
+		FOR r IN SELECT * FROM gridd_assignment_act(p_workers[v_i],
+		    p_assignments[v_i], p_actions[v_i], p_notes[v_i],
+		    p_lons[v_i], p_lats[v_i], p_keys[v_i], p_timeout_s,
+		    p_max_offers, p_max_age_s, p_retry_s, p_origin, true)
+		LOOP
+			IF r.outcome = 'event' THEN
+				v_inc := v_inc || r.incident_id;
+				v_st := v_st || r.detail;
+				v_wk := v_wk || r.worker_id;
+				v_nt := v_nt || r.summary;
+				CONTINUE;
+			ELSIF r.outcome = 'offered' THEN
+				v_inc := v_inc || r.incident_id;
+				v_st := v_st || 'dispatched'::text;
+				v_wk := v_wk || r.worker_id;
+				v_nt := v_nt || ('offered: ' || r.reason);
+			ELSIF r.outcome = 'escalated' THEN
+				v_inc := v_inc || r.incident_id;
+				v_st := v_st || 'escalated'::text;
+				v_wk := v_wk || NULL::text;
+				v_nt := v_nt || ('no worker: ' || r.detail);
+			END IF;
+			r.n := v_i;
+			RETURN NEXT r;
+		END LOOP;
+	END LOOP;
+	PERFORM gridd_dispatch_emit(v_inc, v_st, v_wk, v_nt);
 END
 $$;
 
@@ -754,7 +1294,7 @@ BEGIN
 		UPDATE incidents SET status = 'closed', closed_at = now(),
 		    updated_at = now()
 		WHERE incident_id = p_incident;
-		PERFORM gridd_emit_event(p_incident, 'closed', NULL,
+		PERFORM gridd_dispatch_emit1(p_incident, 'closed', NULL,
 		    coalesce(p_note, ''));
 		RETURN NEXT gridd_drow('ok', 'closed', NULL, p_incident, NULL);
 		RETURN;
@@ -762,7 +1302,7 @@ BEGIN
 	UPDATE incidents SET status = 'new', round_at = now(),
 	    next_try_at = NULL, updated_at = now()
 	WHERE incident_id = p_incident;
-	PERFORM gridd_emit_event(p_incident, 'new', NULL,
+	PERFORM gridd_dispatch_emit1(p_incident, 'new', NULL,
 	    'reopened: ' || coalesce(p_note, ''));
 	RETURN NEXT gridd_drow('ok', 'new', NULL, p_incident, NULL);
 	RETURN QUERY SELECT * FROM gridd_dispatch_one(p_incident, p_timeout_s,

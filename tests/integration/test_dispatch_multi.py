@@ -57,15 +57,24 @@ def test_two_processes_offer_once_fire_once():
     dc.upsert_worker(admin, tag + "-w", tag, [tag + "-1"], max_open=100)
     w = dc.worker_client(cb.addr, tag + "-w")
     dc.check_in(w, True)
+    # The check-in makes B look for due incidents once; let that pass
+    # before writing the quiet ones, so only A's periodic scan finds them.
+    time.sleep(1.0)
 
     # Phase 1: made by A, pushed to the worker on B.
     quiet = [dc.sql_incident(db, tag, 1, notify=False) for _ in range(10)]
     got = {}
     for _ in quiet:
-        o = dc.recv_offer(w, timeout=5)
+        o = dc.recv_offer(w, timeout=10)
         got[o.incident_id] = o.assignment_id
     assert sorted(got) == sorted(quiet), (got, quiet)
-    assert sorted(int(i) for i in offers_logged(a)) == sorted(quiet)
+    # The worker may see an offer before A has written its log line.
+    deadline = time.monotonic() + 10
+    while (len(offers_logged(a)) < len(quiet) and
+           time.monotonic() < deadline):
+        time.sleep(0.1)
+    assert sorted(int(i) for i in offers_logged(a)) == sorted(quiet), (
+        offers_logged(a), offers_logged(b), quiet)
     assert offers_logged(b) == []
 
     # Phase 2: pushed to A through PushIncidents; the feed's NOTIFY reaches
