@@ -68,7 +68,16 @@ db_failed(struct creq *q, const struct db_res *res)
 {
 	if (db_res_status(res) == DB_OK)
 		return false;
-	if (db_res_status(res) == DB_SQL_ERROR) {
+	if (db_res_status(res) == DB_SQL_ERROR &&
+	    (strcmp(db_res_sqlstate(res), "40P01") == 0 ||
+	    strcmp(db_res_sqlstate(res), "40001") == 0)) {
+		/* Deadlock victim or serialization failure: nothing was
+		 * done, and the same request a moment later succeeds. */
+		log_warn("%s event=complaint sqlstate=%s outcome=retry",
+		    conn_log_prefix(q->c), db_res_sqlstate(res));
+		creq_error(q, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "database busy, retry");
+	} else if (db_res_status(res) == DB_SQL_ERROR) {
 		log_error("%s event=complaint error=\"%s\"",
 		    conn_log_prefix(q->c), db_res_error(res));
 		creq_error(q, GRIDD__V1__ERROR_CODE__INTERNAL, "internal error");
@@ -95,17 +104,25 @@ static void
 file_cb(void *arg, const struct db_res *res)
 {
 	struct creq *q = arg;
-	int64_t id;
+	int64_t found, id = 0;
 
 	if (db_failed(q, res))
 		return;
-	if (db_res_rows(res) != 1 || !db_res_int64(res, 0, 0, &id)) {
+	if (db_res_rows(res) != 1 || !db_res_int64(res, 0, 0, &found) ||
+	    (!db_res_isnull(res, 0, 1) && !db_res_int64(res, 0, 1, &id))) {
+		creq_error(q, GRIDD__V1__ERROR_CODE__INTERNAL, "internal error");
+		return;
+	}
+	if (found == 0) {
 		creq_error(q, GRIDD__V1__ERROR_CODE__NOT_FOUND,
 		    "no such incident (or community) for this complainant");
 		return;
 	}
-	log_info("%s event=complaint action=file complaint=%" PRId64 " %s",
-	    conn_log_prefix(q->c), id, q->detail);
+	/* id is NULL for a replay: the same complainant's open complaint
+	 * about the same thing for the same reason is already stored. */
+	log_info("%s event=complaint action=file complaint=%" PRId64
+	    " replay=%d %s", conn_log_prefix(q->c), id,
+	    db_res_isnull(res, 0, 1), q->detail);
 	if (conn_is_open(q->c))
 		rpc_reply_ok(q->c, q->request_id);
 	creq_done(q);
@@ -114,7 +131,14 @@ file_cb(void *arg, const struct db_res *res)
 /*
  * The incident's departments are copied onto the complaint when it is
  * filed, so it counts against them even if sources change later. A worker
- * complains only about incidents of its own community.
+ * complains only about an incident it has (or had) an assignment for; any
+ * other incident is NOT_FOUND, whether it exists or not. An admin files
+ * about any incident, or on behalf of a community (community_id alone).
+ *
+ * Filing is idempotent: an offline phone replays its queue, so a second
+ * filing of the same complainant, subject and reason while the first is
+ * open answers Ok and stores nothing (the partial unique index of
+ * 007_review_fixes.sql; a resolved complaint may be filed again).
  */
 void
 complaint_file(struct conn *c, const Gridd__V1__Envelope *env)
@@ -174,19 +198,26 @@ complaint_file(struct conn *c, const Gridd__V1__Envelope *env)
 	snprintf(q->detail, sizeof(q->detail), "incident=%s reason=%s", inc,
 	    reason);
 	if (gridd.db == NULL || !db_query(gridd.db,
-	    "INSERT INTO complaints (incident_id, community_id, reason, note,"
-	    " complainant, departments)"
-	    " SELECT i.incident_id, i.community_id, $2, $3, $4, i.departments"
+	    "WITH subject AS ("
+	    " SELECT i.incident_id, i.community_id, i.departments"
 	    " FROM incidents i"
 	    " WHERE $1::bigint > 0 AND i.incident_id = $1::bigint"
 	    " AND ($5 = '' OR i.community_id = $5)"
-	    " AND (NOT $6::bool OR EXISTS (SELECT 1 FROM workers w"
-	    " WHERE w.worker_id = $4 AND w.community_id = i.community_id))"
+	    " AND (NOT $6::bool OR EXISTS (SELECT 1 FROM assignments a"
+	    " WHERE a.incident_id = i.incident_id AND a.worker_id = $4))"
 	    " UNION ALL"
-	    " SELECT NULL, m.community_id, $2, $3, $4, '{}'::text[]"
+	    " SELECT NULL::bigint, m.community_id, '{}'::text[]"
 	    " FROM communities m"
-	    " WHERE $1::bigint = 0 AND NOT $6::bool AND m.community_id = $5"
-	    " RETURNING complaint_id", 6, params, file_cb, q))
+	    " WHERE $1::bigint = 0 AND NOT $6::bool AND m.community_id = $5),"
+	    " ins AS (INSERT INTO complaints (incident_id, community_id,"
+	    " reason, note, complainant, departments)"
+	    " SELECT incident_id, community_id, $2, $3, $4, departments"
+	    " FROM subject"
+	    " ON CONFLICT (complainant, community_id,"
+	    " (coalesce(incident_id, 0)), reason) WHERE resolved_at IS NULL"
+	    " DO NOTHING RETURNING complaint_id)"
+	    " SELECT (SELECT count(*) FROM subject),"
+	    " (SELECT complaint_id FROM ins)", 6, params, file_cb, q))
 		creq_error(q, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "database unavailable");
 }

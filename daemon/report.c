@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/event.h>
+
+#include "config.h"
 #include "conn.h"
 #include "db.h"
 #include "gridd.h"
@@ -37,9 +40,10 @@
 #define REPORT_SQL_PAGE_COST \
 	"SET LOCAL random_page_cost = " REPORT_RANDOM_PAGE_COST
 
-#define REPORT_WINDOW \
+#define REPORT_WINDOW_TS \
 	"timestamptz 'epoch' + $1::bigint * interval '1 millisecond', " \
-	"timestamptz 'epoch' + $2::bigint * interval '1 millisecond', $3"
+	"timestamptz 'epoch' + $2::bigint * interval '1 millisecond'"
+#define REPORT_WINDOW REPORT_WINDOW_TS ", $3"
 
 static const char sql_departments[] =
 	"SELECT department_id, name, list, pushed, accepted, merged,"
@@ -57,6 +61,19 @@ static const char sql_workers[] =
 	"SELECT worker_id, community_id, offered, accepted, declined,"
 	" expired, resolved, median_accept_ms, median_resolve_ms"
 	" FROM gridd_report_workers(" REPORT_WINDOW ")";
+
+/* Rolls up the days of the window that are over, within a budget, before
+ * the read-only transaction that reads them (sql/005_report.sql). */
+static const char sql_refresh[] =
+	"SELECT gridd_report_refresh(" REPORT_WINDOW_TS ", $3::int, true)";
+/* The background step: every finished day, newest first. It gives way to
+ * whichever process is already refreshing; a report waits for that one
+ * (at most its budget) and then rolls up its own window. */
+static const char sql_refresh_all[] =
+	"SELECT gridd_report_refresh(NULL, NULL, $1::int, false)";
+/* A background step that left days to do runs again this soon: the work
+ * goes on in slices that never hold a pool connection for long. */
+#define REPORT_ROLLUP_AGAIN_MS	1000
 
 /* Batch positions of the three SELECTs, after the four SETs. */
 enum { RES_DEPARTMENTS = 4, RES_COMMUNITIES, RES_WORKERS, RES_N };
@@ -90,8 +107,23 @@ struct report_req {
 	uint64_t request_id;
 	int64_t from, to;
 	char community[REPORT_ID_MAX + 1];
+	char pfrom[24], pto[24];
 	int64_t started;	/* mono_ms */
 };
+
+/* The background roll-up: one step in flight at most. */
+static struct {
+	struct event *ev;
+	bool running;
+	bool in_flight;
+} rollup;
+
+/* A deadlock victim or serialization failure did nothing: worth a retry. */
+static bool
+transient_sqlstate(const char *sqlstate)
+{
+	return strcmp(sqlstate, "40P01") == 0 || strcmp(sqlstate, "40001") == 0;
+}
 
 /* A count column; NULL (no median) reads as 0. Values come from our own
  * SQL, but a malformed one is still refused rather than trusted. */
@@ -331,19 +363,27 @@ report_batch_cb(void *arg, enum db_status status,
 	bool ok;
 
 	if (status != DB_OK || n != RES_N) {
+		bool transient = false;
+
 		if (status == DB_SQL_ERROR && n > 0)
 			for (int i = 0; i < n; i++)
-				if (db_res_status(results[i]) == DB_SQL_ERROR)
+				if (results[i] != NULL &&
+				    db_res_status(results[i]) == DB_SQL_ERROR) {
+					transient |= transient_sqlstate(
+					    db_res_sqlstate(results[i]));
 					log_error("%s event=burden_report "
 					    "sqlstate=%s error=\"%s\"",
 					    conn_log_prefix(q->c),
 					    db_res_sqlstate(results[i]),
 					    db_res_error(results[i]));
+				}
 		if (conn_is_open(q->c))
 			rpc_reply_error(q->c, q->request_id,
-			    status == DB_SQL_ERROR || status == DB_OK ?
+			    !transient && (status == DB_SQL_ERROR ||
+			    status == DB_OK) ?
 			    GRIDD__V1__ERROR_CODE__INTERNAL :
 			    GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    transient ? "database busy, retry" :
 			    status == DB_TIMEOUT ?
 			    "report query timed out; narrow the window" :
 			    status != DB_UNAVAILABLE ? "report query failed" :
@@ -391,6 +431,54 @@ valid_id(const char *s)
 	return true;
 }
 
+/* The read-only transaction of the three reports. */
+static void
+report_read(struct report_req *q)
+{
+	struct db_batch *b;
+	const char *params[3];
+
+	params[0] = q->pfrom;
+	params[1] = q->pto;
+	params[2] = q->community[0] ? q->community : NULL;
+	b = db_batch_new();
+	db_batch_add(b, REPORT_SQL_ISOLATION, 0, NULL);
+	db_batch_add(b, REPORT_SQL_NO_JIT, 0, NULL);
+	db_batch_add(b, REPORT_SQL_WORK_MEM, 0, NULL);
+	db_batch_add(b, REPORT_SQL_PAGE_COST, 0, NULL);
+	db_batch_add(b, sql_departments, 3, params);
+	db_batch_add(b, sql_communities, 3, params);
+	db_batch_add(b, sql_workers, 3, params);
+	if (gridd.db == NULL || !db_batch_submit(gridd.db, b, report_batch_cb,
+	    q)) {
+		if (conn_is_open(q->c))
+			rpc_reply_error(q->c, q->request_id,
+			    GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable");
+		report_done(q, "unavailable", 0, 0, 0);
+	}
+}
+
+/* A failed or cut-short roll-up costs speed, not exactness: the report
+ * computes what is not rolled up from the stored rows. */
+static void
+report_refresh_cb(void *arg, const struct db_res *res)
+{
+	struct report_req *q = arg;
+
+	if (db_res_status(res) != DB_OK)
+		log_warn("%s event=report_rollup outcome=error error=\"%s\"",
+		    conn_log_prefix(q->c), db_res_error(res));
+	else if (db_res_rows(res) == 1 && !db_res_isnull(res, 0, 0))
+		log_debug("%s event=report_rollup days_left=%s",
+		    conn_log_prefix(q->c), db_res_get(res, 0, 0));
+	if (!conn_is_open(q->c)) {
+		report_done(q, "closed", 0, 0, 0);
+		return;
+	}
+	report_read(q);
+}
+
 void
 report_get_burden(struct conn *c, const Gridd__V1__Envelope *env)
 {
@@ -398,8 +486,7 @@ report_get_burden(struct conn *c, const Gridd__V1__Envelope *env)
 	const char *community = in->community_id ? in->community_id : "";
 	int64_t from = in->from, to = in->to == 0 ? now_ms() : in->to;
 	struct report_req *q;
-	struct db_batch *b;
-	char pfrom[24], pto[24];
+	char budget[16];
 	const char *params[3];
 	const char *bad = NULL;
 
@@ -426,25 +513,103 @@ report_get_burden(struct conn *c, const Gridd__V1__Envelope *env)
 	q->to = to;
 	q->started = mono_ms();
 	snprintf(q->community, sizeof(q->community), "%s", community);
-	snprintf(pfrom, sizeof(pfrom), "%lld", (long long)from);
-	snprintf(pto, sizeof(pto), "%lld", (long long)to);
-	params[0] = pfrom;
-	params[1] = pto;
-	params[2] = q->community[0] ? q->community : NULL;
-
-	b = db_batch_new();
-	db_batch_add(b, REPORT_SQL_ISOLATION, 0, NULL);
-	db_batch_add(b, REPORT_SQL_NO_JIT, 0, NULL);
-	db_batch_add(b, REPORT_SQL_WORK_MEM, 0, NULL);
-	db_batch_add(b, REPORT_SQL_PAGE_COST, 0, NULL);
-	db_batch_add(b, sql_departments, 3, params);
-	db_batch_add(b, sql_communities, 3, params);
-	db_batch_add(b, sql_workers, 3, params);
+	snprintf(q->pfrom, sizeof(q->pfrom), "%lld", (long long)from);
+	snprintf(q->pto, sizeof(q->pto), "%lld", (long long)to);
+	snprintf(budget, sizeof(budget), "%d",
+	    gridd.cfg->report_rollup_budget_ms);
+	params[0] = q->pfrom;
+	params[1] = q->pto;
+	params[2] = budget;
 	conn_hold(c);
-	if (gridd.db == NULL || !db_batch_submit(gridd.db, b, report_batch_cb,
-	    q)) {
+	if (gridd.db == NULL || !db_query(gridd.db, sql_refresh, 3, params,
+	    report_refresh_cb, q)) {
 		rpc_reply_error(c, q->request_id,
 		    GRIDD__V1__ERROR_CODE__UNAVAILABLE, "database unavailable");
 		report_done(q, "unavailable", 0, 0, 0);
 	}
+}
+
+/* ---- background roll-up ------------------------------------------------ */
+
+static void
+rollup_schedule(int64_t ms)
+{
+	struct timeval tv;
+
+	if (!rollup.running || rollup.ev == NULL || gridd.stopping)
+		return;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	if (event_add(rollup.ev, &tv) != 0)
+		log_error("event=report_rollup error=\"event_add failed\"");
+}
+
+static void
+rollup_step_cb(void *arg, const struct db_res *res)
+{
+	int64_t left = 0;
+	int interval = gridd.cfg->report_rollup_interval_s;
+
+	UNUSED(arg);
+	rollup.in_flight = false;
+	if (db_res_status(res) != DB_OK)
+		log_warn("event=report_rollup outcome=error error=\"%s\"",
+		    db_res_error(res));
+	else if (db_res_rows(res) != 1 || db_res_isnull(res, 0, 0) ||
+	    !db_res_int64(res, 0, 0, &left))
+		log_warn("event=report_rollup outcome=error "
+		    "error=\"malformed result\"");
+	else if (left > 0)
+		log_debug("event=report_rollup days_left=%lld",
+		    (long long)left);
+	/* -1: another process holds the lock and is doing the work. */
+	if (left > 0)
+		rollup_schedule(REPORT_ROLLUP_AGAIN_MS);
+	else
+		rollup_schedule((int64_t)(interval > 0 ? interval : 60) * 1000);
+}
+
+static void
+rollup_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char budget[16];
+	const char *params[1] = { budget };
+
+	UNUSED(fd);
+	UNUSED(what);
+	UNUSED(arg);
+	/* Off: look again later, a reload may turn it on. */
+	if (gridd.cfg->report_rollup_interval_s == 0 || rollup.in_flight) {
+		rollup_schedule(60 * 1000);
+		return;
+	}
+	snprintf(budget, sizeof(budget), "%d",
+	    gridd.cfg->report_rollup_budget_ms);
+	if (gridd.db != NULL && db_query(gridd.db, sql_refresh_all, 1, params,
+	    rollup_step_cb, NULL))
+		rollup.in_flight = true;
+	else
+		rollup_schedule((int64_t)gridd.cfg->report_rollup_interval_s *
+		    1000);
+}
+
+bool
+report_init(void)
+{
+	rollup.ev = evtimer_new(gridd.base, rollup_timer_cb, NULL);
+	if (rollup.ev == NULL)
+		return false;
+	rollup.running = true;
+	/* The first step soon after start-up, once the pool is connected. */
+	rollup_schedule(REPORT_ROLLUP_AGAIN_MS);
+	return true;
+}
+
+void
+report_shutdown(void)
+{
+	rollup.running = false;
+	if (rollup.ev != NULL)
+		event_free(rollup.ev);
+	rollup.ev = NULL;
 }

@@ -491,6 +491,13 @@ db_error_code(enum db_status st, const char *sqlstate, const char **msg)
 		*msg = "value refused by the database";
 		return GRIDD__V1__ERROR_CODE__BAD_REQUEST;
 	}
+	/* A deadlock victim or a serialization failure did nothing: the
+	 * same request a moment later succeeds. */
+	if (st == DB_SQL_ERROR && (strcmp(sqlstate, "40P01") == 0 ||
+	    strcmp(sqlstate, "40001") == 0)) {
+		*msg = "database busy, retry";
+		return GRIDD__V1__ERROR_CODE__UNAVAILABLE;
+	}
 	if (st == DB_SQL_ERROR) {
 		*msg = "internal error";
 		return GRIDD__V1__ERROR_CODE__INTERNAL;
@@ -628,7 +635,8 @@ session_insert_cb(void *arg, const struct db_res *res)
 	    !session_last_seq(r, res, 1)) {
 		log_warn("%s event=login outcome=error stage=session_insert "
 		    "error=\"%s\"", conn_log_prefix(r->c), db_res_error(res));
-		code = db_error_code(st == DB_OK ? DB_SQL_ERROR : st, "", &msg);
+		code = db_error_code(st == DB_OK ? DB_SQL_ERROR : st,
+		    st == DB_OK ? "" : db_res_sqlstate(res), &msg);
 		login_error(r, code, msg);
 		return;
 	}
@@ -817,6 +825,24 @@ login_keyed(struct login_req *r, const char *secret)
 		session_create(r);
 }
 
+/* Whether an admin or department may still log in under the running
+ * config; a worker's account lives in the database and is checked there. */
+static bool
+principal_configured(enum conn_role role, const char *principal)
+{
+	const struct cfg_department *d;
+
+	switch (role) {
+	case CONN_ROLE_ADMIN:
+		return cfg_admin(gridd.cfg, principal) != NULL;
+	case CONN_ROLE_DEPARTMENT:
+		d = cfg_department(gridd.cfg, principal);
+		return d != NULL && d->has_key;
+	default:
+		return true;
+	}
+}
+
 static void
 resume_cb(void *arg, const struct db_res *res)
 {
@@ -841,6 +867,14 @@ resume_cb(void *arg, const struct db_res *res)
 	}
 	snprintf(r->principal, sizeof(r->principal), "%s",
 	    db_res_get(res, 0, 0));
+	/* The token proves a login, not a right that outlives the config:
+	 * an admin or department removed (or left without a key) since
+	 * cannot come back with it. */
+	if (!principal_configured(r->role, r->principal)) {
+		login_failed(r, "principal_not_configured",
+		    "session expired or unknown");
+		return;
+	}
 	r->resumed = true;
 	login_succeeded(r, expires_at);
 }
@@ -866,6 +900,8 @@ login_resume(struct login_req *r, const char *token)
 	    "UPDATE sessions SET last_seen_at = now()"
 	    " WHERE token_sha256 = $1::bytea AND role = $2"
 	    " AND ($3 = '' OR principal = $3) AND expires_at > now()"
+	    " AND (role <> 'worker' OR EXISTS (SELECT 1 FROM workers w"
+	    " WHERE w.worker_id = sessions.principal))"
 	    " RETURNING principal,"
 	    " (extract(epoch FROM expires_at) * 1000)::bigint,"
 	    " (SELECT d.last_seq FROM department_seq d"
@@ -946,6 +982,151 @@ session_login(struct conn *c, const Gridd__V1__Envelope *env)
 		login_worker(r, secret);
 	else
 		login_keyed(r, secret);
+}
+
+/* ---- config changes ---------------------------------------------------- */
+
+/* Ids are [A-Za-z0-9_.-] (the config parser checks), so quoting each is
+ * all a text[] literal needs. */
+static void
+lit_add(char **lit, size_t *len, size_t *cap, const char *id)
+{
+	size_t need = strlen(id) + 4;
+
+	if (*len + need + 2 > *cap) {
+		*cap = (*cap + need + 2) * 2;
+		*lit = xrealloc(*lit, *cap);
+	}
+	*len += (size_t)snprintf(*lit + *len, *cap - *len, "%s\"%s\"",
+	    *len > 1 ? "," : "", id);
+}
+
+static char *
+lit_new(size_t *len, size_t *cap)
+{
+	char *lit;
+
+	*cap = 64;
+	lit = xmalloc(*cap);
+	lit[0] = '{';
+	lit[1] = '\0';
+	*len = 1;
+	return lit;
+}
+
+static void
+lit_end(char **lit, size_t *len, size_t *cap)
+{
+	if (*len + 2 > *cap) {
+		*cap = *len + 2;
+		*lit = xrealloc(*lit, *cap);
+	}
+	(*lit)[(*len)++] = '}';
+	(*lit)[*len] = '\0';
+}
+
+static void
+revoke_visit_cb(struct conn *c, void *arg)
+{
+	UNUSED(arg);
+	conn_close(c, "credentials removed from the config");
+}
+
+static void
+revoke_cb(void *arg, const struct db_res *res)
+{
+	UNUSED(arg);
+	if (db_res_status(res) != DB_OK)
+		log_warn("event=sessions_revoke outcome=error error=\"%s\"",
+		    db_res_error(res));
+	else if (db_res_affected(res) > 0)
+		log_info("event=sessions_revoke deleted=%llu",
+		    (unsigned long long)db_res_affected(res));
+}
+
+static void
+revoke_principal(enum conn_role role, const char *id, const char *why)
+{
+	size_t n;
+
+	n = conn_foreach_principal(role, id, revoke_visit_cb, NULL);
+	log_info("event=sessions_revoke role=%s principal=%s reason=%s "
+	    "closed=%zu", conn_role_name(role), id, why, n);
+}
+
+/*
+ * After a reload: an admin or department removed from the config, left
+ * without a key, or given a new key loses its sessions (stored tokens and
+ * open connections) as a worker does when its password changes. The
+ * database statement also drops the sessions of any admin or department
+ * the config does not know, whichever process created them; sessions
+ * created after this reload were checked against the new config and stay.
+ */
+void
+session_config_changed(const struct cfg *old, const struct cfg *next)
+{
+	char *keep_a, *keep_d, *gone_a, *gone_d;
+	size_t la, ca, ld, cd, lga, cga, lgd, cgd;
+	char since[24];
+	const char *params[5];
+
+	keep_a = lit_new(&la, &ca);
+	keep_d = lit_new(&ld, &cd);
+	gone_a = lit_new(&lga, &cga);
+	gone_d = lit_new(&lgd, &cgd);
+	for (size_t i = 0; i < next->n_admins; i++)
+		lit_add(&keep_a, &la, &ca, next->admins[i].id);
+	for (size_t i = 0; i < next->n_departments; i++)
+		if (next->departments[i].has_key)
+			lit_add(&keep_d, &ld, &cd, next->departments[i].id);
+	for (size_t i = 0; i < old->n_admins; i++) {
+		const struct cfg_admin *o = &old->admins[i];
+		const struct cfg_admin *n = cfg_admin(next, o->id);
+
+		if (n != NULL && memcmp(n->key_sha256, o->key_sha256,
+		    sizeof(o->key_sha256)) == 0)
+			continue;
+		lit_add(&gone_a, &lga, &cga, o->id);
+		revoke_principal(CONN_ROLE_ADMIN, o->id,
+		    n == NULL ? "removed" : "key_changed");
+	}
+	for (size_t i = 0; i < old->n_departments; i++) {
+		const struct cfg_department *o = &old->departments[i];
+		const struct cfg_department *n = cfg_department(next, o->id);
+
+		if (!o->has_key || (n != NULL && n->has_key &&
+		    memcmp(n->key_sha256, o->key_sha256,
+		    sizeof(o->key_sha256)) == 0))
+			continue;
+		lit_add(&gone_d, &lgd, &cgd, o->id);
+		revoke_principal(CONN_ROLE_DEPARTMENT, o->id,
+		    n == NULL ? "removed" : !n->has_key ? "key_removed" :
+		    "key_changed");
+	}
+	lit_end(&keep_a, &la, &ca);
+	lit_end(&keep_d, &ld, &cd);
+	lit_end(&gone_a, &lga, &cga);
+	lit_end(&gone_d, &lgd, &cgd);
+	snprintf(since, sizeof(since), "%lld", (long long)now_ms());
+	params[0] = gone_a;
+	params[1] = keep_a;
+	params[2] = gone_d;
+	params[3] = keep_d;
+	params[4] = since;
+	if (gridd.db == NULL || !db_query(gridd.db,
+	    "DELETE FROM sessions WHERE created_at <"
+	    " timestamptz 'epoch' + $5::bigint * interval '1 millisecond'"
+	    " AND ((role = 'admin' AND (principal = ANY ($1::text[])"
+	    " OR principal <> ALL ($2::text[])))"
+	    " OR (role = 'department' AND (principal = ANY ($3::text[])"
+	    " OR principal <> ALL ($4::text[]))))",
+	    5, params, revoke_cb, NULL))
+		log_warn("event=sessions_revoke outcome=error "
+		    "error=\"database unavailable\"");
+	free(keep_a);
+	free(keep_d);
+	free(gone_a);
+	free(gone_d);
 }
 
 /* ---- UpsertWorker (admin) ------------------------------------------------ */

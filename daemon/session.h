@@ -17,6 +17,13 @@ bool session_init(void) WUR;
  * conn_free_all. */
 void session_shutdown(void);
 
+struct cfg;
+
+/* After a reload swapped old for next (old not yet freed): ends the
+ * sessions, stored and connected, of admins and departments removed from
+ * the config or whose key changed. */
+void session_config_changed(const struct cfg *old, const struct cfg *next);
+
 /* Request handlers, called from the rpc table after its role check. */
 void session_login(struct conn *c, const Gridd__V1__Envelope *env);
 void session_upsert_worker(struct conn *c, const Gridd__V1__Envelope *env);

@@ -520,5 +520,309 @@ def test_html_page_matches_and_renders():
     print("screenshot: %s" % shot)
 
 
+# ---- past days: the SLA rule, refusals by community, roll-ups ----------------
+#
+# Rows written with SQL into days of 2001, far from the other tests' windows,
+# as the feed and dispatch would have written them then. The days between
+# the first and last of a window are rolled up by the report itself
+# (gridd_report_refresh); the figures are checked against the test's own
+# plan and against the same functions computed from the stored rows alone.
+
+PAST_EPOCH_MS = 981244800000    # 2001-02-04 00:00 UTC
+
+
+def past_ms(day, hour=0, minute=0):
+    return PAST_EPOCH_MS + ((day * 24 + hour) * 60 + minute) * 60000
+
+
+def past_ts(day, hour=0, minute=0):
+    return ("(timestamptz 'epoch' + %d * interval '1 millisecond')"
+            % past_ms(day, hour, minute))
+
+
+def past_incident(db, dept, ext, task, community, pushed, status,
+                  deadline=None, close_after_min=None, escalated=False,
+                  outcome="accepted"):
+    """One incident pushed at pushed (an SQL time) by dept; returns its id.
+    deadline is an SQL time (None: pushed + the task's SLA)."""
+    tt = harness.TASK_TYPES[task]
+    if deadline is None:
+        deadline = "%s + interval '%s minutes'" % (pushed, tt["sla_minutes"])
+    closed = ("%s + interval '%d minutes'" % (pushed, close_after_min)
+              if close_after_min is not None else "NULL")
+    return int(harness.psql1(
+        "WITH i AS (INSERT INTO incidents (community_id, cell_id, task_type,"
+        " list, matter, route, status, owner_department, departments,"
+        " created_at, occurred_at, updated_at, deadline, closed_at,"
+        " sla_escalated) VALUES ('%s', NULL, '%s', '%s', '%s', '%s', '%s',"
+        " '%s', ARRAY['%s'], %s, %s, %s, %s, %s, %s) RETURNING *)"
+        " INSERT INTO incident_sources (source_kind, source_id, ext_id,"
+        " incident_id, community_id, category, outcome, pushed_at)"
+        " SELECT 'department', '%s', '%s', incident_id, community_id, 'X',"
+        " '%s', %s FROM i RETURNING incident_id"
+        % (community, task, tt["list"], tt["matter"], tt["route"], status,
+           dept, dept, pushed, pushed, pushed, deadline, closed,
+           "true" if escalated else "false", dept, ext, outcome, pushed),
+        db))
+
+
+def dept_totals(report):
+    return {d.department_id: d for d in report.departments
+            if d.list == pb.LIST_UNSPECIFIED}
+
+
+def test_overdue_follows_the_sla_timer():
+    """Overdue = what the SLA timer escalated or will escalate: open (not
+    resolved, closed or cancelled), not a referral, deadline passed. A
+    resolved incident waiting for its department's verification is on
+    time."""
+    s = setup()
+    db = s["db"]
+    day = 10
+    at = past_ts(day, 1)
+    past_deadline = past_ts(day, 2)
+    cases = [
+        # (ext, task, status, deadline, closed after, escalated, overdue)
+        ("od-resolved", "elderly_visit", "resolved", past_deadline, None,
+         False, False),
+        ("od-open", "elderly_visit", "in_progress", past_deadline, None,
+         False, True),
+        ("od-escalated-closed", "elderly_visit", "closed", past_deadline,
+         300, True, True),
+        ("od-closed-in-time", "elderly_visit", "closed", past_deadline,
+         30, False, False),
+        ("od-referral", "neighbour_dispute", "referred", past_deadline,
+         None, False, False),
+        ("od-cancelled", "elderly_visit", "cancelled", past_deadline, None,
+         True, False),
+        ("od-not-yet", "elderly_visit", "in_progress",
+         "now() + interval '1 day'", None, False, False),
+    ]
+    for ext, task, status, deadline, closed, esc, _ in cases:
+        past_incident(db, "urban", ext, task, "RA", at, status, deadline,
+                      closed, esc)
+    want = sum(1 for c in cases if c[-1])
+    # Live (part of a day) and rolled up (the whole day).
+    for frm, to in ((past_ms(day), past_ms(day, 12)),
+                    (past_ms(day), past_ms(day + 1))):
+        r = get_report(frm=frm, to=to)
+        u = dept_totals(r)["urban"]
+        assert u.pushed == len(cases), u
+        assert u.overdue == want, "overdue %d, want %d" % (u.overdue, want)
+        assert u.closed == 2, u
+    # The rolled-up day expires when the open incident's deadline passes.
+    valid = harness.psql1(
+        "SELECT valid_until = (SELECT min(deadline) FROM incidents "
+        "WHERE status = 'in_progress' AND deadline > now()) "
+        "FROM report_days WHERE day = gridd_report_day(%s)" % at, db)
+    assert valid == "t", valid
+
+
+def test_refusals_count_for_their_community():
+    """A refusal counts for a community when its row names one (the feed
+    fills it when it located the item), and always for the whole city."""
+    s = setup()
+    db = s["db"]
+    day = 20
+    rows = [("civil", "rf1", "RA", "enterprise_safety_check",
+             "negative_list"),
+            ("civil", "rf2", None, None, "outside"),
+            ("civil", "rf3", "RB", None, "invalid"),
+            ("urban", "rf4", "RA", None, "unknown_category")]
+    for dept, ext, comm, tt, reason in rows:
+        harness.psql(
+            "INSERT INTO rejections (source_id, ext_id, community_id,"
+            " task_type, reason, at) VALUES ('%s', '%s', %s, %s, '%s', %s)"
+            % (dept, ext, "'%s'" % comm if comm else "NULL",
+               "'%s'" % tt if tt else "NULL", reason, past_ts(day, 3)), db)
+    for frm, to in ((past_ms(day, 1), past_ms(day, 12)),
+                    (past_ms(day), past_ms(day + 1))):
+        for community in ("", "RA", "RB"):
+            r = get_report(community, frm=frm, to=to)
+            got = {}
+            for d in r.departments:
+                if d.list != pb.LIST_UNSPECIFIED:
+                    if d.rejected_negative:
+                        assert d.list == pb.NEGATIVE, d
+                    continue
+                for x in d.rejected_by_reason:
+                    if x.count:
+                        got[(d.department_id, x.reason)] = x.count
+                if d.rejected_negative:
+                    got[(d.department_id, "negative_list")] = \
+                        d.rejected_negative
+                assert d.pushed == d.rejected, d
+            want = {}
+            for dept, _, comm, _, reason in rows:
+                if community in ("", comm):
+                    want[(dept, reason)] = want.get((dept, reason), 0) + 1
+            assert got == want, (community, frm, got, want)
+
+
+def sql_report(db, fn, frm, to, community=None, live=False):
+    """A report function straight from SQL; live=True computes every day
+    from the stored rows (the roll-ups are marked stale inside a
+    transaction that is rolled back)."""
+    q = ("SELECT * FROM %s(timestamptz 'epoch' + %d * interval '1 ms',"
+         " timestamptz 'epoch' + %d * interval '1 ms', %s)"
+         % (fn, frm, to, "'%s'" % community if community else "NULL"))
+    if live:
+        q = ("BEGIN; INSERT INTO report_dirty (day) SELECT day FROM"
+             " report_days; %s; ROLLBACK" % q)
+    return harness.psql(q, db)
+
+
+def close_enough(a, b):
+    """Medians from roll-up histograms: within a bucket (2^(1/16))."""
+    if a in ("", None) or b in ("", None):
+        return a == b
+    a, b = int(a), int(b)
+    return abs(a - b) <= 0.045 * max(a, b) + 1
+
+
+def compare(rolled, live, key_cols, median_cols):
+    r = {tuple(x[c] for c in key_cols): x for x in rolled}
+    l_ = {tuple(x[c] for c in key_cols): x for x in live}
+    assert set(r) == set(l_), (sorted(r), sorted(l_))
+    for k in r:
+        for i, (a, b) in enumerate(zip(r[k], l_[k])):
+            if i in median_cols:
+                assert close_enough(a, b), (k, i, a, b)
+            else:
+                assert a == b, (k, i, a, b)
+
+
+def test_rollups_agree_with_live():
+    s = setup()
+    db = s["db"]
+    day = 30
+    # Three days: the first and last in part, the middle one whole.
+    frm, to = past_ms(day, 6), past_ms(day + 2, 18)
+    plan = []   # (dept, day, hour, close_min or None, community)
+    k = 0
+    for d in range(3):
+        for hour in (2, 9, 15, 22):
+            for dept, comm in (("civil", "RA"), ("urban", "RB"),
+                               ("civil", "RB")):
+                k += 1
+                close = (10 * (1 + k % 7) * (1 + d)) if k % 3 else None
+                plan.append((dept, d, hour, close, comm))
+    ids = []
+    for i, (dept, d, hour, close, comm) in enumerate(plan):
+        task = ("elderly_visit", "garbage_sorting",
+                "residence_certificate")[i % 3]
+        ids.append(past_incident(
+            db, dept, "ru%d" % i, task, comm, past_ts(day + d, hour),
+            "closed" if close else "in_progress", None, close))
+    # Offers to the two workers with fixed timings, complaints, refusals.
+    for i, inc in enumerate(ids):
+        dept, d, hour, close, comm = plan[i]
+        w = "WSQL" if i % 2 else "WRA"
+        harness.psql(
+            "INSERT INTO assignments (incident_id, worker_id, community_id,"
+            " state, reason, offered_at, expires_at, accepted_at,"
+            " resolved_at) VALUES (%d, '%s', '%s', '%s', 'primary_cell',"
+            " %s, %s, %s, %s)"
+            % (inc, w, comm, "resolved" if i % 4 else "expired",
+               past_ts(day + d, hour), past_ts(day + d, hour, 2),
+               "NULL" if i % 4 == 0 else past_ts(day + d, hour, 1 + i % 5),
+               "NULL" if i % 4 == 0 else past_ts(day + d, hour + 1,
+                                                  i % 50)), db)
+        if i % 5 == 0:
+            harness.psql(
+                "INSERT INTO complaints (incident_id, community_id, reason,"
+                " complainant, departments, filed_at) VALUES (%d, '%s',"
+                " 'unfunded', 'WRA', ARRAY['%s'], %s)"
+                % (inc, comm, dept, past_ts(day + d, hour, 30)), db)
+    harness.psql(
+        "INSERT INTO rejections (source_id, ext_id, community_id, reason,"
+        " at) VALUES ('civil', 'rr1', 'RA', 'invalid', %s),"
+        " ('urban', 'rr2', NULL, 'outside', %s)"
+        % (past_ts(day + 1, 4), past_ts(day + 1, 5)), db)
+
+    def in_window(d, hour, minute=0):
+        return frm <= past_ms(day + d, hour, minute) < to
+
+    def check_all(extra_closed=0, extra_pushed=0):
+        r = get_report(frm=frm, to=to)
+        # The middle day is rolled up and used.
+        rolled = harness.psql1(
+            "SELECT count(*) FROM gridd_report_ranges("
+            "timestamptz 'epoch' + %d * interval '1 ms',"
+            " timestamptz 'epoch' + %d * interval '1 ms') WHERE rolled"
+            % (frm, to), db)
+        assert rolled == "1", rolled
+        # Against the plan.
+        t = dept_totals(r)
+        for dept in ("civil", "urban"):
+            items = [p for p in plan if p[0] == dept and
+                     in_window(p[1], p[2])]
+            extra = extra_pushed if dept == "civil" else 0
+            # + the one refusal of each department (rr1, rr2).
+            assert t[dept].pushed == len(items) + extra + 1, \
+                (dept, t[dept])
+            closed = sum(1 for p in items if p[3]) + \
+                (extra_closed if dept == "civil" else 0)
+            assert t[dept].closed == closed, (dept, t[dept].closed, closed)
+        w = {x.worker_id: x for x in r.workers}
+        offers = [i for i, p in enumerate(plan) if in_window(p[1], p[2])]
+        for wid, par in (("WSQL", 1), ("WRA", 0)):
+            mine = [i for i in offers if i % 2 == par]
+            assert w[wid].offered == len(mine), (wid, w[wid])
+            assert w[wid].resolved == sum(1 for i in mine if i % 4), wid
+        # Against the same functions computed from the stored rows alone.
+        for community in (None, "RA", "RB"):
+            compare(sql_report(db, "gridd_report_departments", frm, to,
+                               community),
+                    sql_report(db, "gridd_report_departments", frm, to,
+                               community, live=True), (0, 2), {17})
+            compare(sql_report(db, "gridd_report_communities", frm, to,
+                               community),
+                    sql_report(db, "gridd_report_communities", frm, to,
+                               community, live=True), (0,), set())
+            compare(sql_report(db, "gridd_report_workers", frm, to,
+                               community),
+                    sql_report(db, "gridd_report_workers", frm, to,
+                               community, live=True), (0,), {7, 8})
+        return r
+
+    check_all()
+    # A change to a rolled-up day shows at once: an incident closes, and
+    # a push is written into that day afterwards.
+    mid = [i for i, p in enumerate(plan) if p[1] == 1 and p[0] == "civil"
+           and not p[3]][0]
+    harness.psql("UPDATE incidents SET status = 'closed', closed_at = "
+                 "created_at + interval '25 minutes' WHERE incident_id = %d"
+                 % ids[mid], db)
+    # (In progress: dispatch leaves it alone, so nothing else changes
+    # that day meanwhile.)
+    past_incident(db, "civil", "ru-late", "elderly_visit", "RA",
+                  past_ts(day + 1, 12), "in_progress")
+    check_all(extra_closed=1, extra_pushed=1)
+    # Both were noticed and rolled up afresh by the report's refresh.
+    assert harness.psql1("SELECT count(*) FROM report_dirty WHERE day = "
+                         "gridd_report_day(%s)" % past_ts(day + 1), db) \
+        == "0"
+    # The calendar month and year that hold those days are summed from
+    # their days and months: a month (31 days) and a year (365) piece.
+    for mfrom, mto, span in ((983404800000, 986083200000, 31),
+                             (978307200000, 1009843200000, 365)):
+        r = get_report(frm=mfrom, to=mto)
+        assert dept_totals(r)["civil"].pushed > 0
+        pieces = harness.psql(
+            "SELECT span FROM gridd_report_ranges("
+            "timestamptz 'epoch' + %d * interval '1 ms',"
+            " timestamptz 'epoch' + %d * interval '1 ms') WHERE rolled"
+            % (mfrom, mto), db)
+        assert pieces == [[str(span)]], pieces
+        for fn, keys, meds in (("gridd_report_departments", (0, 2), {17}),
+                               ("gridd_report_communities", (0,), set()),
+                               ("gridd_report_workers", (0,), {7, 8})):
+            for community in (None, "RA"):
+                compare(sql_report(db, fn, mfrom, mto, community),
+                        sql_report(db, fn, mfrom, mto, community,
+                                   live=True), keys, meds)
+
+
 if __name__ == "__main__":
     harness.main(globals())

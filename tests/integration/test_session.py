@@ -5,6 +5,7 @@ time): login for each role, tokens, resume, expiry, rate limiting, roles.
 
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -349,6 +350,126 @@ def test_rate_limited():
         expect_body(established.ping(), "pong")
         established.close()
         d.stop()
+
+
+def test_removed_principals_lose_their_sessions():
+    """An admin removed from the config and a department left without a
+    key lose their open connections and their tokens at the reload; the
+    others keep theirs."""
+    b_key = "test-admin-b-key-90d1"
+    cfg = harness.write_config(harness.tmppath("revoke.conf"),
+                               sections={"admin.B": {
+                                   "key_sha256": harness.sha256_hex(b_key)}})
+    with harness.Gridd(cfg, name="gridd-revoke").start() as d:
+        root, b, urban = Client(d.addr), Client(d.addr), Client(d.addr)
+        root_token = login_admin(root).session_token
+        b_token = check_token(b.login("ADMIN", "B", b_key), "ADMIN",
+                              "B").session_token
+        urban_token = login_department(urban, "urban").session_token
+        civil = Client(d.addr)
+        login_department(civil, "civil")
+
+        cfg.remove("admin.B")
+        cfg.remove("department.urban", "key_sha256")
+        cfg.write()
+        since = d.log_size()
+        d.reload()
+        d.wait_log(r"event=reload outcome=ok", since=since)
+        assert b.wait_closed(5), "B's connection stayed open"
+        assert urban.wait_closed(5), "urban's connection stayed open"
+        expect_body(root.ping(), "pong")
+        expect_body(civil.ping(), "pong")
+
+        for role, principal, token in (("ADMIN", "B", b_token),
+                                       ("DEPARTMENT", "urban",
+                                        urban_token)):
+            with Client(d.addr) as c:
+                expect_error(c.request("login", role=pb.Role.Value(role),
+                                       principal=principal,
+                                       resume_token=token),
+                             "UNAUTHENTICATED")
+        with Client(d.addr) as c:
+            expect_body(c.request("login", role=pb.ADMIN,
+                                  principal=ADMIN_ID,
+                                  resume_token=root_token), "login_reply")
+        left = harness.psql1(
+            "SELECT count(*) FROM sessions WHERE principal IN "
+            "('B', 'urban')", cfg.dbname)
+        assert int(left) == 0, left
+        for c in (root, b, urban, civil):
+            c.close()
+        d.stop()
+
+
+def _store_token(dbname, role, principal):
+    """A session row as a login would have stored it; returns the token."""
+    token = os.urandom(32).hex()
+    harness.psql("INSERT INTO sessions (token_sha256, role, principal,"
+                 " expires_at) VALUES ('\\x%s'::bytea, '%s', '%s',"
+                 " now() + interval '1 hour')"
+                 % (harness.sha256_hex(token), role, principal), dbname)
+    return token
+
+
+def test_resume_needs_a_current_principal():
+    """A stored token alone is not enough: the admin or department must be
+    in the running config, the worker in the workers table."""
+    d = daemon()
+    db = d.config.dbname
+    cases = [("ADMIN", "admin", "ghost"),
+             ("DEPARTMENT", "department", "gone_dept"),
+             ("WORKER", "worker", "deleted_worker")]
+    for role, db_role, principal in cases:
+        token = _store_token(db, db_role, principal)
+        with client() as c:
+            expect_error(c.request("login", role=pb.Role.Value(role),
+                                   principal=principal, resume_token=token),
+                         "UNAUTHENTICATED")
+    # The same path for a principal that exists resumes.
+    token = _store_token(db, "admin", ADMIN_ID)
+    with client() as c:
+        expect_body(c.request("login", role=pb.ADMIN, principal=ADMIN_ID,
+                              resume_token=token), "login_reply")
+
+
+def test_deadlock_is_unavailable_not_internal():
+    """A statement chosen as a deadlock victim did nothing and can be
+    retried: UNAVAILABLE with a retry message, not INTERNAL."""
+    d = daemon()
+    db = d.config.dbname
+    upsert_worker("wdead", "first-password-1")
+    with client() as c:
+        expect_body(c.login("WORKER", "wdead", "first-password-1"),
+                    "login_reply")
+    # The other transaction holds wdead's session rows and, once the
+    # daemon's UpsertWorker has locked the worker row and waits for those
+    # sessions, wants the worker row: a cycle. Its own deadlock check is
+    # put off, so the daemon's backend finds the cycle and is the victim.
+    other = subprocess.Popen(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         harness.conninfo(db), "-c",
+         "SET deadlock_timeout = '60s'; BEGIN;"
+         " SELECT 1 FROM sessions WHERE principal = 'wdead' FOR UPDATE;"
+         " DO $$ BEGIN FOR i IN 1..400 LOOP"
+         " EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity"
+         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+         " AND pid <> pg_backend_pid());"
+         " PERFORM pg_sleep(0.05); END LOOP; END $$;"
+         " UPDATE workers SET name = name WHERE worker_id = 'wdead';"
+         " COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        with client() as c:
+            login_admin(c)
+            r = c.request("upsert_worker", worker_id="wdead", name="W",
+                          password="second-password-2", community_id="c1",
+                          max_open=3, timeout=30)
+            err = expect_error(r, "UNAVAILABLE")
+            assert "retry" in err.message, err.message
+    finally:
+        _, errout = other.communicate(timeout=30)
+    assert other.returncode == 0, errout
 
 
 def test_daemon_still_up():
