@@ -4,7 +4,8 @@
  * Life of a request.
  *
  * db_query() and db_batch_submit() copy the statement into a db_req, arm the
- * request's own timer (query_timeout_ms, counted from submission so that
+ * request's own timer (query_timeout_ms, or the batch's own limit from
+ * db_batch_timeout, counted from submission so that
  * time spent waiting for a connection counts too) and put it at the tail of
  * the FIFO wait queue, refusing it when max_waiting requests already wait and
  * no connection is idle.  pool_dispatch() then hands the head of the queue to
@@ -60,6 +61,8 @@
 /* Connect deadline when the conninfo sets no connect_timeout: the query
  * timeout, but never less than this (a TLS handshake takes a few trips). */
 #define DB_CONNECT_MIN_MS	1000
+/* The longest limit a batch may ask for (db_batch_timeout). */
+#define DB_MAX_TIMEOUT_MS	86400000
 /* A session lost sooner than this after connecting counts as a failed
  * connect, so a server that accepts and drops at once gets backoff, not a
  * tight loop. */
@@ -109,6 +112,7 @@ struct db_batch {
 	int n;
 	int cap;
 	bool invalid;		/* a bad db_batch_add: refused at submit */
+	int timeout_ms;		/* 0: the pool's query_timeout_ms */
 };
 
 struct db_res {
@@ -140,6 +144,15 @@ struct db_req {
 	int pipe_idx;			/* pipeline entries seen so far */
 	bool rolling_back;
 };
+
+/* Pipeline entries a batch sends before its statements: BEGIN, and the SET
+ * LOCAL of a batch with its own timeout. */
+static int
+batch_head(const struct db_batch *b)
+{
+	return b->timeout_ms > 0 ? 2 : 1;
+}
+
 
 TAILQ_HEAD(req_list, db_req);
 
@@ -196,6 +209,15 @@ struct db_pool {
 	uint32_t rnd;
 	struct db_stats stats;
 };
+
+/* The limit a request runs under. */
+static int
+req_timeout_ms(const struct db_req *req)
+{
+	if (req->kind == REQ_BATCH && req->batch->timeout_ms > 0)
+		return req->batch->timeout_ms;
+	return req->pool->query_timeout_ms;
+}
 
 static void conn_io_cb(evutil_socket_t, short, void *);
 static void conn_timer_cb(evutil_socket_t, short, void *);
@@ -457,6 +479,18 @@ db_batch_count(const struct db_batch *b)
 }
 
 void
+db_batch_timeout(struct db_batch *b, int timeout_ms)
+{
+	if (timeout_ms < 1 || timeout_ms > DB_MAX_TIMEOUT_MS) {
+		log_error("event=db_batch_timeout error=\"out of range\" "
+		    "timeout_ms=%d", timeout_ms);
+		b->invalid = true;
+		return;
+	}
+	b->timeout_ms = timeout_ms;
+}
+
+void
 db_batch_free(struct db_batch *b)
 {
 	if (b == NULL)
@@ -587,7 +621,7 @@ req_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	char why[96];
 
 	snprintf(why, sizeof(why), "no answer within %d ms",
-	    pool->query_timeout_ms);
+	    req_timeout_ms(req));
 	if (req->where == REQ_QUEUED) {
 		/* Waited for a connection the whole time: say whether any
 		 * was up, so the caller can tell a slow database from none. */
@@ -599,7 +633,7 @@ req_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	if (req->where != REQ_INFLIGHT)
 		return;
 	log_warn("event=db_timeout slot=%d timeout_ms=%d", c->slot,
-	    pool->query_timeout_ms);
+	    req_timeout_ms(req));
 	c->req = NULL;
 	req_finish(req, DB_TIMEOUT, why);
 	/* No asynchronous cancel in PostgreSQL 15's libpq: the session is
@@ -642,7 +676,14 @@ pool_admit(struct db_pool *pool, struct db_req *req)
 	req->where = REQ_QUEUED;
 	TAILQ_INSERT_TAIL(&pool->queue, req, entry);
 	pool->nqueued++;
-	evtimer_add(req->timer, pool->timeout_tv);
+	if (req->kind == REQ_BATCH && req->batch->timeout_ms > 0) {
+		int ms = req->batch->timeout_ms;
+		struct timeval tv = { .tv_sec = ms / 1000,
+		    .tv_usec = (ms % 1000) * 1000 };
+
+		evtimer_add(req->timer, &tv);
+	} else
+		evtimer_add(req->timer, pool->timeout_tv);
 	pool_dispatch(pool);
 	return true;
 }
@@ -982,6 +1023,17 @@ send_batch(PGconn *pg, const struct db_batch *b)
 
 	if (PQenterPipelineMode(pg) != 1 || !send_stmt(pg, &begin))
 		return false;
+	if (b->timeout_ms > 0) {
+		/* The server's limit for this transaction only; it ends a
+		 * little after the client's timer, as the session's does. */
+		char sql[64];
+		struct db_stmt set = { .sql = sql };
+
+		snprintf(sql, sizeof(sql), "SET LOCAL statement_timeout = %d",
+		    b->timeout_ms + DB_STMT_GRACE_MS);
+		if (!send_stmt(pg, &set))
+			return false;
+	}
 	for (int i = 0; i < b->n; i++)
 		if (!send_stmt(pg, &b->stmts[i]))
 			return false;
@@ -1115,6 +1167,7 @@ static enum result_step
 batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 {
 	int n = req->batch->n;
+	int head = batch_head(req->batch);
 	int idx;
 
 	if (req->rolling_back) {
@@ -1142,7 +1195,7 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 		return batch_after_sync(c, req);
 	}
 	idx = req->pipe_idx++;
-	if (idx == 0 || idx == n + 1) {		/* BEGIN or COMMIT */
+	if (idx < head || idx == n + head) {	/* BEGIN, SET or COMMIT */
 		struct db_res tmp = { 0 };
 
 		res_from_pg(&tmp, r);
@@ -1153,16 +1206,17 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 			req->txn_err = tmp;
 		return STEP_MORE;
 	}
-	if (idx > n + 1) {
+	if (idx > n + head) {
 		PQclear(r);
 		return STEP_MORE;
 	}
+	idx -= head;
 	if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
 		PQclear(r);
-		res_synthetic(&req->results[idx - 1], DB_SQL_ERROR, NULL,
+		res_synthetic(&req->results[idx], DB_SQL_ERROR, NULL,
 		    "not run: an earlier statement of the batch failed");
 	} else {
-		res_from_pg(&req->results[idx - 1], r);
+		res_from_pg(&req->results[idx], r);
 	}
 	return STEP_MORE;
 }

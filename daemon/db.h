@@ -77,6 +77,12 @@ struct db_batch *db_batch_new(void);
 void db_batch_add(struct db_batch *b, const char *sql, int nparams,
     const char *const *params);
 int db_batch_count(const struct db_batch *b);
+/* Gives the batch its own limit (1 ms to 24 h) instead of query_timeout_ms:
+ * the client's timer and, through SET LOCAL statement_timeout, the
+ * server's limit for this transaction only. For the few known long
+ * statements (partitioning a big community), not for requests a client
+ * waits on. Out of range marks the batch invalid (refused at submit). */
+void db_batch_timeout(struct db_batch *b, int timeout_ms);
 void db_batch_free(struct db_batch *b);
 /* Takes ownership of b in every case. Same queueing rules as db_query. */
 bool db_batch_submit(struct db_pool *pool, struct db_batch *b,

@@ -40,6 +40,8 @@
 #define GRID_CODE_MAX_SEQ	999
 /* Out-of-bounds cells listed per community in a report. */
 #define GRID_REPORT_MAX_OOB	20
+/* Stale communities named in an import's report; the rest are counted. */
+#define GRID_REPORT_MAX_STALE	20
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -349,6 +351,18 @@ grid_import_rows(struct grid_import *im, const struct db_res *res)
 		const char *err = db_res_isnull(res, i, 3) ? NULL :
 		    db_res_get(res, i, 3);
 
+		if (strcmp(action, "repartition") == 0) {
+			/* Not a row of the input: a community whose cells
+			 * the rows made stale. */
+			if (!grid_valid_id(id))
+				return false;
+			if (im->n_stale < GRID_IMPORT_MAX_ROWS) {
+				im->stale = xreallocarray(im->stale,
+				    im->n_stale + 1, sizeof(*im->stale));
+				im->stale[im->n_stale++] = xstrdup(id);
+			}
+			continue;
+		}
 		if (strcmp(action, "inserted") == 0) {
 			im->inserted++;
 			stats.import_rows[0]++;
@@ -364,8 +378,9 @@ grid_import_rows(struct grid_import *im, const struct db_res *res)
 		} else
 			return false;
 		if (err != NULL)
-			grid_import_error(im, "line %s: %.64s: %.300s", line,
-			    id, err);
+			grid_import_error(im, "line %s: %.*s: %.*s", line,
+			    (int)utf8_prefix(id, 64), id,
+			    (int)utf8_prefix(err, 300), err);
 	}
 	return true;
 }
@@ -377,9 +392,14 @@ import_free(struct grid_import *im)
 	for (size_t i = 0; i < im->n_errors; i++)
 		free(im->errors[i]);
 	free(im->errors);
+	for (size_t i = 0; i < im->n_stale; i++)
+		free(im->stale[i]);
+	free(im->stale);
 	free(im->report);
 	free(im);
 }
+
+static void stale_report(struct grid_import *im);
 
 void
 grid_import_reply(struct grid_import *im)
@@ -396,6 +416,8 @@ grid_import_reply(struct grid_import *im)
 		    sizeof(*im->errors));
 		im->errors[im->n_errors++] = xstrdup(more);
 	}
+	if (im->n_stale > 0)
+		stale_report(im);
 	r.inserted = im->inserted;
 	r.updated = im->updated;
 	r.unchanged = im->unchanged;
@@ -813,6 +835,7 @@ struct task {
 
 	/* Loaded. */
 	char code[16];		/* the community's 12-digit code or "" */
+	bool has_cells;		/* current cells before this partition */
 	size_t n;
 	char **bid;		/* building ids by idx */
 	struct part_building *b;
@@ -1090,6 +1113,7 @@ task_take(struct task *t, const struct db_res *info,
 
 	if (ni == 0)
 		return "unknown community";
+	t->has_cells = strcmp(db_res_get(info, 0, 2), "t") == 0;
 	if (!db_res_isnull(info, 0, 0) &&
 	    valid_code12(db_res_get(info, 0, 0)))
 		snprintf(t->code, sizeof(t->code), "%s", db_res_get(info, 0, 0));
@@ -1180,6 +1204,7 @@ task_take(struct task *t, const struct db_res *info,
 }
 
 static void task_compute(struct task *t);
+static void task_apply(struct task *t);
 
 static void
 load_cb(void *arg, enum db_status st, const struct db_res *const *res, int n)
@@ -1208,13 +1233,21 @@ load_cb(void *arg, enum db_status st, const struct db_res *const *res, int n)
 		    GRIDD__V1__ERROR_CODE__INTERNAL, why);
 		return;
 	}
-	if (t->n == 0) {
-		task_skip(t, "no buildings, nothing to partition");
-		return;
-	}
 	if (pq.stopping) {
 		task_end(t, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "shutting down");
+		return;
+	}
+	if (t->n == 0 && !t->has_cells) {
+		task_skip(t, "no buildings, nothing to partition");
+		return;
+	}
+	if (t->n == 0) {
+		/* Every building left: the empty partition retires the cells
+		 * (the partitioner has nothing to do). */
+		sbuf_printf(&t->req->notes, "%s: no buildings left, its cells "
+		    "are retired\n", t->community);
+		task_apply(t);
 		return;
 	}
 	task_compute(t);
@@ -1232,10 +1265,15 @@ task_load(struct task *t)
 	snprintf(nm, sizeof(nm), "%.3f", t->params.neighbour_m);
 	p2[0] = t->community;
 	p2[1] = nm;
-	/* The community's code and every cell id it ever had (for the next
-	 * sequence number), its buildings with their current cells, and
-	 * the adjacency graph: one transaction. */
-	db_batch_add(b, "SELECT c.code, x.cell_id FROM communities c"
+	/* The community's code, whether it has current cells and every cell
+	 * id it ever had (for the next sequence number), its buildings with
+	 * their current cells, and the adjacency graph: one transaction,
+	 * under partitioning's own time limit (a big community takes far
+	 * longer than the requests query_timeout_ms is meant for). */
+	db_batch_timeout(b, t->params.partition_timeout_s * 1000);
+	db_batch_add(b, "SELECT c.code, x.cell_id, EXISTS (SELECT 1"
+	    " FROM cells k WHERE k.community_id = c.community_id"
+	    " AND k.valid_to IS NULL) FROM communities c"
 	    " LEFT JOIN LATERAL (SELECT DISTINCT h.cell_id FROM cells h"
 	    " WHERE h.community_id = c.community_id) x ON true"
 	    " WHERE c.community_id = $1", 1, p1);
@@ -1327,8 +1365,6 @@ part_thread(void *arg)
 	pthread_mutex_unlock(&pq.mu);
 	return NULL;
 }
-
-static void task_apply(struct task *t);
 
 static void
 part_done_cb(evutil_socket_t fd, short what, void *arg)
@@ -1559,14 +1595,23 @@ task_report(struct task *t, int cells, int moved, int created, int retired)
 }
 
 static void
-apply_cb(void *arg, const struct db_res *res)
+apply_cb(void *arg, enum db_status st, const struct db_res *const *results,
+    int n)
 {
 	struct task *t = arg;
+	const struct db_res *res = n == 1 ? results[0] : NULL;
 	int64_t v[4];
 	char msg[300];
 
 	t->apply_ms = mono_ms() - t->t0 - t->load_ms - t->part_ms;
-	if (db_res_status(res) != DB_OK) {
+	if (res == NULL) {
+		task_end(t, st == DB_TIMEOUT ?
+		    GRIDD__V1__ERROR_CODE__UNAVAILABLE :
+		    GRIDD__V1__ERROR_CODE__INTERNAL, st == DB_TIMEOUT ?
+		    "database timeout" : "unexpected apply result");
+		return;
+	}
+	if (st != DB_OK || db_res_status(res) != DB_OK) {
 		Gridd__V1__ErrorCode code = grid_db_error(res, msg, sizeof(msg));
 
 		/* An import between load and apply changes the building
@@ -1631,11 +1676,18 @@ task_apply(struct task *t)
 
 	t->state = TASK_APPLYING;
 	/* One statement, one transaction: the whole community's new grid or
-	 * nothing. */
-	if (gridd.db == NULL || !db_query(gridd.db,
-	    "SELECT cells, buildings_moved, created, retired"
+	 * nothing, under partitioning's own time limit. */
+	struct db_batch *b = db_batch_new();
+
+	db_batch_timeout(b, t->params.partition_timeout_s * 1000);
+	db_batch_add(b, "SELECT cells, buildings_moved, created, retired"
 	    " FROM gridd_apply_partition($1, $2::text[], $3::text[],"
-	    " $4::text[], $5::text[])", 5, params, apply_cb, t))
+	    " $4::text[], $5::text[])", 5, params);
+	if (gridd.db == NULL) {
+		db_batch_free(b);
+		task_end(t, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "database unavailable");
+	} else if (!db_batch_submit(gridd.db, b, apply_cb, t))
 		task_end(t, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "database unavailable");
 	grid_arr_free(&bids);
@@ -1724,6 +1776,189 @@ grid_repartition(struct conn *c, const Gridd__V1__Envelope *env)
 		    GRIDD__V1__ERROR_CODE__UNAVAILABLE, "database unavailable");
 		req_free(r);
 	}
+}
+
+/* ---- stale cells after imports --------------------------------------------------- */
+
+/*
+ * An import that changes a partitioned community (its polygon, or
+ * buildings added, changed or moved between communities: the import
+ * functions' 'repartition' rows) leaves its cells stale. Such a community
+ * waits here until no import touched it for its repartition_delay_s; then
+ * one repartition starting from its current cells is queued. So a file
+ * sent in many batches gives one repartition, which does not run while
+ * the batches still change the buildings under it. The list is in memory
+ * only: should gridd stop in between, the import's reply and the log
+ * still name the community, for `gridctl partition`.
+ */
+struct stale {
+	TAILQ_ENTRY(stale) entry;
+	char community[65];
+	int64_t due_ms;
+};
+
+TAILQ_HEAD(stale_list, stale);
+
+static struct {
+	struct stale_list list;
+	size_t n;
+	struct event *ev;
+} sq = {
+	.list = TAILQ_HEAD_INITIALIZER(sq.list),
+};
+
+/* A task not yet started loads the community afresh anyway. */
+static bool
+queued_already(const char *community)
+{
+	struct task *t;
+
+	TAILQ_FOREACH(t, &pq.queue, entry)
+		if (strcmp(t->community, community) == 0)
+			return true;
+	return false;
+}
+
+static void
+stale_arm(void)
+{
+	struct stale *s;
+	int64_t first = INT64_MAX, wait;
+	struct timeval tv;
+
+	if (sq.ev == NULL)
+		return;
+	TAILQ_FOREACH(s, &sq.list, entry)
+		if (s->due_ms < first)
+			first = s->due_ms;
+	if (first == INT64_MAX) {
+		evtimer_del(sq.ev);
+		return;
+	}
+	wait = first - mono_ms();
+	if (wait < 0)
+		wait = 0;
+	tv.tv_sec = (time_t)(wait / 1000);
+	tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+	evtimer_add(sq.ev, &tv);
+}
+
+static void
+stale_fire_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int64_t now = mono_ms();
+	struct part_req *r = NULL;
+	struct stale *s, *next;
+
+	UNUSED(fd);
+	UNUSED(what);
+	UNUSED(arg);
+	for (s = TAILQ_FIRST(&sq.list); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, entry);
+		if (s->due_ms > now)
+			continue;
+		TAILQ_REMOVE(&sq.list, s, entry);
+		sq.n--;
+		if (!pq.stopping && !gridd.stopping &&
+		    !queued_already(s->community)) {
+			if (r == NULL) {
+				r = req_new(NULL, 0, "import");
+				/* Held while queueing, as in list_cb. */
+				r->pending++;
+			}
+			log_info("event=repartition community=%s "
+			    "reason=import_made_cells_stale", s->community);
+			if (!enqueue(r, s->community, false))
+				log_warn("event=repartition community=%s "
+				    "outcome=not_queued", s->community);
+		}
+		free(s);
+	}
+	if (r != NULL) {
+		if (--r->pending == 0)
+			req_free(r);	/* nothing queued: nothing to report */
+		else
+			pump();
+	}
+	stale_arm();
+}
+
+/* Marks one community stale; its delay in seconds, 0 when nothing will
+ * be queued (repartition_delay_s = 0, list full, shutting down). */
+static int
+stale_mark(const char *community)
+{
+	const struct cfg_grid *g = cfg_grid_for(gridd.cfg, community);
+	struct stale *s;
+
+	if (g->repartition_delay_s <= 0 || sq.ev == NULL || pq.stopping)
+		return 0;
+	TAILQ_FOREACH(s, &sq.list, entry)
+		if (strcmp(s->community, community) == 0)
+			break;
+	if (s == NULL) {
+		if (sq.n >= GRID_MAX_TASKS)
+			return 0;
+		s = xcalloc(1, sizeof(*s));
+		snprintf(s->community, sizeof(s->community), "%s", community);
+		TAILQ_INSERT_TAIL(&sq.list, s, entry);
+		sq.n++;
+	}
+	s->due_ms = mono_ms() + (int64_t)g->repartition_delay_s * 1000;
+	return g->repartition_delay_s;
+}
+
+static void
+stale_names(struct sbuf *b, size_t *n, const char *id)
+{
+	if (*n < GRID_REPORT_MAX_STALE)
+		sbuf_printf(b, "%s%s", *n > 0 ? ", " : "", id);
+	(*n)++;
+}
+
+/* The import's report names the stale communities and says what happens
+ * next; their repartitions are queued. */
+static void
+stale_report(struct grid_import *im)
+{
+	struct sbuf q = { 0 }, h = { 0 }, out = { 0 };
+	size_t nq = 0, nh = 0;
+	int delay = 0;
+
+	for (size_t i = 0; i < im->n_stale; i++) {
+		int d = stale_mark(im->stale[i]);
+
+		if (d > 0) {
+			stale_names(&q, &nq, im->stale[i]);
+			if (d > delay)
+				delay = d;
+		} else
+			stale_names(&h, &nh, im->stale[i]);
+	}
+	if (im->report != NULL && im->report[0] != '\0') {
+		size_t len = strlen(im->report);
+
+		sbuf_printf(&out, "%s%s", im->report,
+		    im->report[len - 1] == '\n' ? "" : "\n");
+	}
+	if (nq > 0)
+		sbuf_printf(&out, "cells stale in %zu communit%s: %s%s; "
+		    "repartition queued once no import touched %s for %d s\n",
+		    nq, nq == 1 ? "y" : "ies", sbuf_str(&q),
+		    nq > GRID_REPORT_MAX_STALE ? ", ..." : "",
+		    nq == 1 ? "it" : "them", delay);
+	if (nh > 0)
+		sbuf_printf(&out, "cells stale in %zu communit%s: %s%s; not "
+		    "queued (repartition_delay_s = 0, or shutting down): run "
+		    "gridctl partition\n", nh, nh == 1 ? "y" : "ies",
+		    sbuf_str(&h), nh > GRID_REPORT_MAX_STALE ? ", ..." : "");
+	log_info("%s event=import_stale what=%s communities=%zu queued=%zu",
+	    conn_log_prefix(im->c), im->what, nq + nh, nq);
+	free(im->report);
+	im->report = out.s;
+	free(q.s);
+	free(h.s);
+	stale_arm();
 }
 
 /* ---- reload ----------------------------------------------------------------------- */
@@ -1870,6 +2105,12 @@ grid_init(void)
 	pq.done_ev = event_new(gridd.base, -1, 0, part_done_cb, NULL);
 	if (pq.done_ev == NULL)
 		return false;
+	sq.ev = evtimer_new(gridd.base, stale_fire_cb, NULL);
+	if (sq.ev == NULL) {
+		event_free(pq.done_ev);
+		pq.done_ev = NULL;
+		return false;
+	}
 	pq.stop = false;
 	pq.stopping = false;
 	if ((rc = pthread_create(&pq.thread, NULL, part_thread, NULL)) != 0) {
@@ -1877,6 +2118,8 @@ grid_init(void)
 		    strerror(rc));
 		event_free(pq.done_ev);
 		pq.done_ev = NULL;
+		event_free(sq.ev);
+		sq.ev = NULL;
 		return false;
 	}
 	pq.running = true;
@@ -1888,8 +2131,22 @@ void
 grid_shutdown(void)
 {
 	struct task *t;
+	struct stale *s;
 
 	pq.stopping = true;
+	/* Stale communities not yet queued stay stale: the import reply
+	 * named them. */
+	while ((s = TAILQ_FIRST(&sq.list)) != NULL) {
+		TAILQ_REMOVE(&sq.list, s, entry);
+		sq.n--;
+		log_info("event=repartition community=%s outcome=not_queued "
+		    "reason=shutting_down", s->community);
+		free(s);
+	}
+	if (sq.ev != NULL) {
+		event_free(sq.ev);
+		sq.ev = NULL;
+	}
 	if (pq.running) {
 		pthread_mutex_lock(&pq.mu);
 		pq.stop = true;

@@ -67,6 +67,10 @@ struct grid_import {
 	size_t more_errors;	/* beyond GRID_IMPORT_MAX_ERRORS */
 	char *report;		/* NULL or readable text */
 	int64_t started_ms;
+	/* Communities whose cells the import made stale (the import
+	 * functions' 'repartition' rows), at most GRID_IMPORT_MAX_ROWS. */
+	char **stale;
+	size_t n_stale;
 };
 /* Holds c. */
 struct grid_import *grid_import_new(struct conn *c, uint64_t request_id,
@@ -74,9 +78,11 @@ struct grid_import *grid_import_new(struct conn *c, uint64_t request_id,
 void grid_import_error(struct grid_import *im, const char *fmt, ...)
     PRINTF_LIKE(2, 3);
 /* Counts the rows of one import function's result (columns line, id,
- * action, error); false when a row is malformed. */
+ * action, error) and collects its 'repartition' rows; false when a row is
+ * malformed. */
 bool grid_import_rows(struct grid_import *im, const struct db_res *res) WUR;
-/* Sends the ImportReply, releases and frees. */
+/* Sends the ImportReply (its report naming the stale communities, whose
+ * repartition it queues), releases and frees. */
 void grid_import_reply(struct grid_import *im);
 /* Sends Error{code, msg}, releases and frees. */
 void grid_import_fail(struct grid_import *im, Gridd__V1__ErrorCode code,

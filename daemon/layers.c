@@ -81,10 +81,16 @@ report_build(struct grid_import *im, const char *dept,
 			share = 0;
 		if (!db_res_double(st, i, 5, &covered))
 			covered = 0;
-		fprintf(fp, "%-24.64s %5s %11s %-24.80s %8.3f %8.3f %.60s\n",
-		    db_res_get(st, i, 0), db_res_get(st, i, 1),
-		    db_res_get(st, i, 2), db_res_get(st, i, 3), share,
-		    covered, db_res_get(st, i, 6));
+		const char *code = db_res_get(st, i, 0);
+		const char *cell = db_res_get(st, i, 3);
+		const char *note = db_res_get(st, i, 6);
+
+		/* Cut on character boundaries: the report goes to clients
+		 * whose protobuf runtimes refuse broken UTF-8. */
+		fprintf(fp, "%-24.*s %5s %11s %-24.*s %8.3f %8.3f %.*s\n",
+		    (int)utf8_prefix(code, 64), code, db_res_get(st, i, 1),
+		    db_res_get(st, i, 2), (int)utf8_prefix(cell, 80), cell,
+		    share, covered, (int)utf8_prefix(note, 60), note);
 	}
 	if (rows > LAYERS_REPORT_MAX)
 		fprintf(fp, "... and %d more\n", rows - LAYERS_REPORT_MAX);

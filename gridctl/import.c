@@ -23,30 +23,13 @@
 #define IMPORT_MAX_PRINTED	100
 /* JSON nesting: a FeatureCollection of MultiPolygons is 8 deep. */
 #define IMPORT_JSON_DEPTH	64
+/* Report text kept from the replies of one import. */
+#define IMPORT_MAX_REPORT	(64 * 1024)
 /* Server error texts echoed per import; the rest are counted. */
 #define IMPORT_MAX_SERVER_ERRORS 200
 
-enum what {
-	W_COMMUNITIES,
-	W_BUILDINGS,
-	W_LAYER,
-};
-
 static const char *const what_name[] = { "communities", "buildings",
     "layer" };
-
-struct rows {
-	enum what what;
-	const char *path;
-	bool geojson;		/* positions are feature numbers */
-	size_t n, cap;
-	Gridd__V1__CommunityIn *comm;
-	Gridd__V1__BuildingIn *bld;
-	Gridd__V1__LayerCellIn *lay;
-	size_t read;		/* rows seen */
-	size_t bad;		/* rows refused here */
-	size_t printed;
-};
 
 struct totals {
 	long long inserted, updated, unchanged, rejected;
@@ -56,73 +39,98 @@ struct totals {
 };
 
 static void PRINTF_LIKE(3, 4)
-row_bad(struct rows *r, long pos, const char *fmt, ...)
+row_bad(struct import_rows *r, long pos, const char *fmt, ...)
 {
 	va_list ap;
 
 	r->bad++;
-	if (r->printed++ >= IMPORT_MAX_PRINTED)
+	if (r->printed++ >= IMPORT_MAX_PRINTED || r->errs == NULL)
 		return;
 	if (r->geojson)
-		fprintf(stderr, "gridctl: %s: feature %ld: ", r->path, pos);
+		fprintf(r->errs, "gridctl: %s: feature %ld: ", r->path, pos);
 	else
-		fprintf(stderr, "gridctl: %s:%ld: ", r->path, pos);
+		fprintf(r->errs, "gridctl: %s:%ld: ", r->path, pos);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vfprintf(r->errs, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fputc('\n', r->errs);
+}
+
+/* A problem with the file as a whole. */
+static void PRINTF_LIKE(2, 3)
+file_bad(struct import_rows *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (r->errs == NULL)
+		return;
+	fprintf(r->errs, "gridctl: %s", r->path);
+	va_start(ap, fmt);
+	vfprintf(r->errs, fmt, ap);
+	va_end(ap);
+	fputc('\n', r->errs);
 }
 
 static void *
-rows_grow(struct rows *r)
+rows_grow(struct import_rows *r)
 {
 	if (r->n == r->cap) {
 		r->cap = r->cap ? r->cap * 2 : 1024;
 		switch (r->what) {
-		case W_COMMUNITIES:
+		case IMPORT_COMMUNITIES:
 			r->comm = xreallocarray(r->comm, r->cap,
 			    sizeof(*r->comm));
 			break;
-		case W_BUILDINGS:
+		case IMPORT_BUILDINGS:
 			r->bld = xreallocarray(r->bld, r->cap, sizeof(*r->bld));
 			break;
-		case W_LAYER:
+		case IMPORT_LAYER:
 			r->lay = xreallocarray(r->lay, r->cap, sizeof(*r->lay));
 			break;
 		}
 	}
 	switch (r->what) {
-	case W_COMMUNITIES:
+	case IMPORT_COMMUNITIES:
 		gridd__v1__community_in__init(&r->comm[r->n]);
 		return &r->comm[r->n++];
-	case W_BUILDINGS:
+	case IMPORT_BUILDINGS:
 		gridd__v1__building_in__init(&r->bld[r->n]);
 		return &r->bld[r->n++];
-	case W_LAYER:
+	case IMPORT_LAYER:
 	default:
 		gridd__v1__layer_cell_in__init(&r->lay[r->n]);
 		return &r->lay[r->n++];
 	}
 }
 
-static void
-rows_free(struct rows *r)
+void
+import_rows_init(struct import_rows *r, enum import_what what,
+    const char *path, FILE *errs)
+{
+	memset(r, 0, sizeof(*r));
+	r->what = what;
+	r->path = path;
+	r->errs = errs;
+}
+
+void
+import_rows_free(struct import_rows *r)
 {
 	for (size_t i = 0; i < r->n; i++) {
 		switch (r->what) {
-		case W_COMMUNITIES:
+		case IMPORT_COMMUNITIES:
 			free(r->comm[i].community_id);
 			free(r->comm[i].name);
 			free(r->comm[i].code);
 			free(r->comm[i].geojson);
 			break;
-		case W_BUILDINGS:
+		case IMPORT_BUILDINGS:
 			free(r->bld[i].building_id);
 			free(r->bld[i].community_id);
 			free(r->bld[i].kind);
 			free(r->bld[i].geojson);
 			break;
-		case W_LAYER:
+		case IMPORT_LAYER:
 			free(r->lay[i].code);
 			free(r->lay[i].geojson);
 			break;
@@ -131,6 +139,7 @@ rows_free(struct rows *r)
 	free(r->comm);
 	free(r->bld);
 	free(r->lay);
+	memset(r, 0, sizeof(*r));
 }
 
 /* ---- field checks (the server checks again; this finds the line) ---------- */
@@ -198,7 +207,7 @@ levels_parse(const char *s, int32_t *out)
 
 /* Checks one building; false (reported) if it must be skipped. */
 static bool
-building_ok(struct rows *r, long pos, const Gridd__V1__BuildingIn *b)
+building_ok(struct import_rows *r, long pos, const Gridd__V1__BuildingIn *b)
 {
 	if (!id_chars(b->building_id, ":"))
 		row_bad(r, pos, "id: must be 1-64 characters of A-Z a-z 0-9 "
@@ -364,14 +373,15 @@ static const char *const bcol_names[B_NCOL][4] = {
 	[B_AREA] = { "area_m2", "area", NULL },
 };
 
-static bool
-buildings_csv(struct rows *r, const char *text, size_t len)
+bool
+import_parse_csv(struct import_rows *r, const char *text, size_t len)
 {
 	struct csv c = { .p = text, .end = text + len, .next_line = 1 };
 	int map[B_NCOL], rc;
 	const char *err = NULL;
 	bool ok = false;
 
+	r->geojson = false;
 	c.buf = xmalloc(IMPORT_MAX_RECORD + 1);
 	for (int k = 0; k < B_NCOL; k++)
 		map[k] = -1;
@@ -379,8 +389,8 @@ buildings_csv(struct rows *r, const char *text, size_t len)
 	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
 		c.p += 3;
 	if ((rc = csv_next(&c, &err)) != 1) {
-		fprintf(stderr, "gridctl: %s:1: %s\n", r->path,
-		    rc == 0 ? "empty file, want a header line" : err);
+		file_bad(r, ":1: %s", rc == 0 ? "empty file, want a header line" :
+		    err);
 		goto out;
 	}
 	for (size_t f = 0; f < c.n_fields; f++)
@@ -391,9 +401,9 @@ buildings_csv(struct rows *r, const char *text, size_t len)
 					map[k] = (int)f;
 	if (map[B_ID] < 0 || map[B_COMMUNITY] < 0 || map[B_LON] < 0 ||
 	    map[B_LAT] < 0) {
-		fprintf(stderr, "gridctl: %s:1: the header needs id, "
-		    "community (or municipality), lon (or centroid_lon) and "
-		    "lat (or centroid_lat)\n", r->path);
+		file_bad(r, ":1: the header needs id, community (or "
+		    "municipality), lon (or centroid_lon) and lat (or "
+		    "centroid_lat)");
 		goto out;
 	}
 	for (;;) {
@@ -404,13 +414,11 @@ buildings_csv(struct rows *r, const char *text, size_t len)
 		if ((rc = csv_next(&c, &err)) == 0)
 			break;
 		if (rc < 0) {
-			fprintf(stderr, "gridctl: %s:%ld: %s\n", r->path, c.line,
-			    err);
+			file_bad(r, ":%ld: %s", c.line, err);
 			goto out;
 		}
 		if (++r->read > IMPORT_MAX_ROWS) {
-			fprintf(stderr, "gridctl: %s: more than %d rows\n",
-			    r->path, IMPORT_MAX_ROWS);
+			file_bad(r, ": more than %d rows", IMPORT_MAX_ROWS);
 			goto out;
 		}
 		for (int k = 0; k < B_NCOL; k++)
@@ -656,7 +664,7 @@ first_text(json_object *props, json_object *feat, const char *const *keys,
 }
 
 static void
-feature_community(struct rows *r, long pos, json_object *props,
+feature_community(struct import_rows *r, long pos, json_object *props,
     json_object *feat, json_object *geom)
 {
 	static const char *const id_keys[] = { "id", "community_id", "@id",
@@ -698,7 +706,7 @@ feature_community(struct rows *r, long pos, json_object *props,
 }
 
 static void
-feature_building(struct rows *r, long pos, json_object *props,
+feature_building(struct import_rows *r, long pos, json_object *props,
     json_object *feat, json_object *geom)
 {
 	static const char *const id_keys[] = { "id", "building_id", "@id",
@@ -770,7 +778,7 @@ feature_building(struct rows *r, long pos, json_object *props,
 }
 
 static void
-feature_layer(struct rows *r, long pos, json_object *props,
+feature_layer(struct import_rows *r, long pos, json_object *props,
     json_object *feat, json_object *geom)
 {
 	static const char *const code_keys[] = { "code", "dept_code", "@id",
@@ -798,24 +806,25 @@ feature_layer(struct rows *r, long pos, json_object *props,
 	o->line = pos > INT32_MAX ? 0 : (int32_t)pos;
 }
 
-static bool
-read_geojson(struct rows *r, const char *text, size_t len)
+bool
+import_parse_geojson(struct import_rows *r, const char *text, size_t len)
 {
 	json_tokener *tok = json_tokener_new_ex(IMPORT_JSON_DEPTH);
 	json_object *root, *type, *features;
 	bool ok = false;
 
+	r->geojson = true;
 	if (tok == NULL)
 		return false;
 	if (len > INT32_MAX) {
-		fprintf(stderr, "gridctl: %s: file too large\n", r->path);
+		file_bad(r, ": file too large");
 		json_tokener_free(tok);
 		return false;
 	}
 	root = json_tokener_parse_ex(tok, text, (int)len);
 	if (root == NULL || json_tokener_get_error(tok) != json_tokener_success) {
-		fprintf(stderr, "gridctl: %s: not valid JSON at byte %zu: %s\n",
-		    r->path, json_tokener_get_parse_end(tok),
+		file_bad(r, ": not valid JSON at byte %zu: %s",
+		    json_tokener_get_parse_end(tok),
 		    json_tokener_error_desc(json_tokener_get_error(tok)));
 		goto out;
 	}
@@ -825,15 +834,14 @@ read_geojson(struct rows *r, const char *text, size_t len)
 	    strcmp(json_object_get_string(type), "FeatureCollection") != 0 ||
 	    !json_object_object_get_ex(root, "features", &features) ||
 	    json_object_get_type(features) != json_type_array) {
-		fprintf(stderr, "gridctl: %s: want a GeoJSON FeatureCollection "
-		    "with a features array\n", r->path);
+		file_bad(r, ": want a GeoJSON FeatureCollection with a "
+		    "features array");
 		goto out;
 	}
 	size_t nf = json_object_array_length(features);
 
 	if (nf > IMPORT_MAX_ROWS) {
-		fprintf(stderr, "gridctl: %s: more than %d features\n",
-		    r->path, IMPORT_MAX_ROWS);
+		file_bad(r, ": more than %d features", IMPORT_MAX_ROWS);
 		goto out;
 	}
 	for (size_t i = 0; i < nf; i++) {
@@ -852,13 +860,13 @@ read_geojson(struct rows *r, const char *text, size_t len)
 		if (!json_object_object_get_ex(f, "geometry", &geom))
 			geom = NULL;
 		switch (r->what) {
-		case W_COMMUNITIES:
+		case IMPORT_COMMUNITIES:
 			feature_community(r, pos, props, f, geom);
 			break;
-		case W_BUILDINGS:
+		case IMPORT_BUILDINGS:
 			feature_building(r, pos, props, f, geom);
 			break;
-		case W_LAYER:
+		case IMPORT_LAYER:
 			feature_layer(r, pos, props, f, geom);
 			break;
 		}
@@ -871,9 +879,8 @@ out:
 	return ok;
 }
 
-/* GeoJSON when the first non-blank byte opens an object. */
-static bool
-looks_json(const char *text, size_t len)
+bool
+import_looks_json(const char *text, size_t len)
 {
 	size_t i = 0;
 
@@ -888,22 +895,47 @@ looks_json(const char *text, size_t len)
 /* ---- sending ----------------------------------------------------------------------- */
 
 static size_t
-row_size(const struct rows *r, size_t i)
+row_size(const struct import_rows *r, size_t i)
 {
 	switch (r->what) {
-	case W_COMMUNITIES:
+	case IMPORT_COMMUNITIES:
 		return gridd__v1__community_in__get_packed_size(&r->comm[i]);
-	case W_BUILDINGS:
+	case IMPORT_BUILDINGS:
 		return gridd__v1__building_in__get_packed_size(&r->bld[i]);
-	case W_LAYER:
+	case IMPORT_LAYER:
 	default:
 		return gridd__v1__layer_cell_in__get_packed_size(&r->lay[i]);
 	}
 }
 
+/* A layer's report covers the whole department: the last one is the
+ * latest. Communities and buildings say per request which communities it
+ * left stale: every distinct report is kept, up to a bound. */
+static void
+totals_report(struct totals *t, enum import_what what, const char *rep)
+{
+	size_t have, add;
+
+	if (what == IMPORT_LAYER || t->report == NULL) {
+		free(t->report);
+		t->report = xstrdup(rep);
+		return;
+	}
+	if (strstr(t->report, rep) != NULL)
+		return;
+	have = strlen(t->report);
+	add = strlen(rep);
+	if (have + add > IMPORT_MAX_REPORT)
+		return;
+	t->report = xrealloc(t->report, have + add + 2);
+	if (have > 0 && t->report[have - 1] != '\n')
+		t->report[have++] = '\n';
+	memcpy(t->report + have, rep, add + 1);
+}
+
 /* Sends rows [from, to) as one request; adds the reply to t. */
 static int
-send_batch(struct gc_session *s, const struct rows *r, size_t from,
+send_batch(struct gc_session *s, const struct import_rows *r, size_t from,
     size_t to, bool strict, bool replace, const char *dept,
     struct totals *t)
 {
@@ -917,33 +949,33 @@ send_batch(struct gc_session *s, const struct rows *r, size_t from,
 
 	for (size_t i = 0; i < n; i++) {
 		switch (r->what) {
-		case W_COMMUNITIES:
+		case IMPORT_COMMUNITIES:
 			ptrs[i] = &r->comm[from + i];
 			break;
-		case W_BUILDINGS:
+		case IMPORT_BUILDINGS:
 			ptrs[i] = &r->bld[from + i];
 			break;
-		case W_LAYER:
+		case IMPORT_LAYER:
 			ptrs[i] = &r->lay[from + i];
 			break;
 		}
 	}
 	switch (r->what) {
-	case W_COMMUNITIES:
+	case IMPORT_COMMUNITIES:
 		ic.communities = (Gridd__V1__CommunityIn **)ptrs;
 		ic.n_communities = n;
 		ic.strict = strict;
 		req.body_case = GRIDD__V1__ENVELOPE__BODY_IMPORT_COMMUNITIES;
 		req.import_communities = &ic;
 		break;
-	case W_BUILDINGS:
+	case IMPORT_BUILDINGS:
 		ib.buildings = (Gridd__V1__BuildingIn **)ptrs;
 		ib.n_buildings = n;
 		ib.strict = strict;
 		req.body_case = GRIDD__V1__ENVELOPE__BODY_IMPORT_BUILDINGS;
 		req.import_buildings = &ib;
 		break;
-	case W_LAYER:
+	case IMPORT_LAYER:
 		il.department_id = (char *)dept;
 		il.cells = (Gridd__V1__LayerCellIn **)ptrs;
 		il.n_cells = n;
@@ -976,16 +1008,14 @@ send_batch(struct gc_session *s, const struct rows *r, size_t from,
 		render_text_string(stderr, ir->errors[i]);
 		fputc('\n', stderr);
 	}
-	if (ir->report != NULL && ir->report[0] != '\0') {
-		free(t->report);
-		t->report = xstrdup(ir->report);
-	}
+	if (ir->report != NULL && ir->report[0] != '\0')
+		totals_report(t, r->what, ir->report);
 	frame_envelope_free(reply);
 	return GC_EXIT_OK;
 }
 
 static int
-send_all(struct gc_session *s, const struct rows *r, size_t batch,
+send_all(struct gc_session *s, const struct import_rows *r, size_t batch,
     size_t batch_bytes, bool strict, bool merge, const char *dept,
     struct totals *t)
 {
@@ -994,7 +1024,7 @@ send_all(struct gc_session *s, const struct rows *r, size_t batch,
 
 	/* An empty layer file with replace clears the department's layer:
 	 * say so by sending it. */
-	if (r->n == 0 && r->what == W_LAYER && !merge)
+	if (r->n == 0 && r->what == IMPORT_LAYER && !merge)
 		return send_batch(s, r, 0, 0, strict, true, dept, t);
 	for (size_t i = 0; i < r->n; i++) {
 		size_t sz = row_size(r, i) + 8;
@@ -1016,7 +1046,7 @@ send_all(struct gc_session *s, const struct rows *r, size_t batch,
 }
 
 static void
-print_summary(const struct gc_session *s, const struct rows *r,
+print_summary(const struct gc_session *s, const struct import_rows *r,
     const struct totals *t)
 {
 	if (s->json) {
@@ -1052,7 +1082,7 @@ import_command(struct gc_session *s, int argc, char **argv)
 		{ "merge", no_argument, NULL, 'm' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct rows r;
+	struct import_rows r;
 	struct totals t;
 	long long batch = IMPORT_DEFAULT_BATCH, bytes = IMPORT_DEFAULT_BYTES;
 	bool strict = false, merge = false;
@@ -1061,16 +1091,16 @@ import_command(struct gc_session *s, int argc, char **argv)
 	size_t len = 0;
 	int ch, rc, want;
 
-	memset(&r, 0, sizeof(r));
+	import_rows_init(&r, IMPORT_COMMUNITIES, NULL, stderr);
 	memset(&t, 0, sizeof(t));
 	if (argc < 2)
 		goto usage;
 	if (strcmp(argv[1], "communities") == 0)
-		r.what = W_COMMUNITIES;
+		r.what = IMPORT_COMMUNITIES;
 	else if (strcmp(argv[1], "buildings") == 0)
-		r.what = W_BUILDINGS;
+		r.what = IMPORT_BUILDINGS;
 	else if (strcmp(argv[1], "layer") == 0)
-		r.what = W_LAYER;
+		r.what = IMPORT_LAYER;
 	else
 		goto usage;
 	argc--;
@@ -1103,10 +1133,10 @@ import_command(struct gc_session *s, int argc, char **argv)
 			return GC_EXIT_USAGE;
 		}
 	}
-	want = r.what == W_LAYER ? 2 : 1;
-	if (argc - optind != want || (merge && r.what != W_LAYER))
+	want = r.what == IMPORT_LAYER ? 2 : 1;
+	if (argc - optind != want || (merge && r.what != IMPORT_LAYER))
 		goto usage;
-	if (r.what == W_LAYER) {
+	if (r.what == IMPORT_LAYER) {
 		dept = argv[optind++];
 		if (!id_chars(dept, NULL)) {
 			fprintf(stderr, "gridctl: bad department id: %s\n",
@@ -1117,11 +1147,12 @@ import_command(struct gc_session *s, int argc, char **argv)
 	r.path = argv[optind];
 	if ((text = read_file(r.path, &len)) == NULL)
 		return GC_EXIT_USAGE;
-	r.geojson = looks_json(text, len);
-	if (r.geojson)
-		rc = read_geojson(&r, text, len) ? GC_EXIT_OK : GC_EXIT_USAGE;
-	else if (r.what == W_BUILDINGS)
-		rc = buildings_csv(&r, text, len) ? GC_EXIT_OK : GC_EXIT_USAGE;
+	if (import_looks_json(text, len))
+		rc = import_parse_geojson(&r, text, len) ? GC_EXIT_OK :
+		    GC_EXIT_USAGE;
+	else if (r.what == IMPORT_BUILDINGS)
+		rc = import_parse_csv(&r, text, len) ? GC_EXIT_OK :
+		    GC_EXIT_USAGE;
 	else {
 		fprintf(stderr, "gridctl: %s: want a GeoJSON "
 		    "FeatureCollection\n", r.path);
@@ -1146,7 +1177,7 @@ import_command(struct gc_session *s, int argc, char **argv)
 	if (rc == GC_EXIT_OK || t.requests > 0)
 		print_summary(s, &r, &t);
 out:
-	rows_free(&r);
+	import_rows_free(&r);
 	free(t.report);
 	return rc;
 usage:

@@ -20,6 +20,10 @@
 --       error is NULL for clean rows, the reason for rejected rows, and a
 --       text starting with "warning:" for accepted rows worth a look.
 --       Parallel arrays of different lengths are a caller bug and raise.
+--       The communities and buildings imports then add one row per
+--       community whose current cells this import made stale, sorted by
+--       id: (NULL, community_id, 'repartition', NULL).  Such a community
+--       needs a repartition (the daemon queues one).
 --   gridd_partition_buildings(community_id)        partitioner input
 --   gridd_partition_edges(community_id, neighbour_m) adjacency graph
 --   gridd_apply_partition(community_id, building_ids, building_cells,
@@ -45,14 +49,16 @@
 
 -- Indexes ---------------------------------------------------------------
 
--- The adjacency prefilter searches footprints (points where a building has
--- no footprint) by bounding box; the expression must match the one in
--- gridd_partition_edges exactly for the planner to use the index.
-CREATE INDEX buildings_shape_idx ON buildings
-	USING gist ((coalesce(footprint, geom)));
 -- A department code's crosswalk rows and the rows of one community (a
 -- repartition rebuilds the rows of the codes it touches).
 CREATE INDEX crosswalk_community_idx ON crosswalk (community_id);
+
+-- Columns ---------------------------------------------------------------
+
+-- What a community's current cell polygons were computed from, as a
+-- fingerprint (see gridd_apply_partition); NULL before the first partition.
+ALTER TABLE communities ADD COLUMN cells_input text
+	CHECK (length(cells_input) <= 64);
 
 -- Small helpers -----------------------------------------------------------
 
@@ -214,12 +220,19 @@ $$;
 -- district_code (first 6 digits) and street_code (first 9 digits);
 -- geojsons are Polygon/MultiPolygon geometry objects in WGS-84.  lines are
 -- the caller's line or feature numbers, echoed back (NULL: the 1-based
--- array position).  A changed polygon leaves the community's cells as they
--- were until the next repartition recomputes them.
+-- array position).  A 12-digit code also adds its district (first 6
+-- digits) to districts.  A changed polygon leaves the community's cells as
+-- they were until the next repartition recomputes them: a partitioned
+-- community whose polygon changed gets a 'repartition' row.
+--
+-- jit is off in these functions: the planner's estimates for PostGIS calls
+-- inside PL/pgSQL are far too high, and compiling the plans took longer
+-- than running them (most of a partition's apply time on the sample).
 CREATE FUNCTION gridd_import_communities(p_ids text[], p_names text[],
     p_codes text[], p_geojsons text[], p_lines integer[])
 RETURNS TABLE (line integer, community_id text, action text, error text)
 LANGUAGE plpgsql
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -247,10 +260,14 @@ BEGIN
 			(PARTITION BY p_ids[o.ord] ORDER BY o.ord) AS first_line
 		FROM generate_series(1, n) AS o(ord)
 	), parsed AS MATERIALIZED (
-		SELECT s.*, pa.geom, pa.error AS geom_error
+		-- old_geom: the polygon before this statement (every CTE sees
+		-- the same snapshot, so not the one written below).
+		SELECT s.*, pa.geom, pa.error AS geom_error,
+		    oc.geom AS old_geom, oc.community_id IS NOT NULL AS existed
 		FROM src s
 		LEFT JOIN LATERAL gridd_parse_area(s.geojson) pa
 		    ON s.id ~ '^[A-Za-z0-9_.-]{1,64}$' AND s.dup = 1
+		LEFT JOIN communities oc ON oc.community_id = s.id
 	), v AS MATERIALIZED (
 		SELECT p.*,
 		    CASE
@@ -285,14 +302,30 @@ BEGIN
 		    EXCLUDED.district_code, EXCLUDED.street_code)
 		    OR c.geom IS DISTINCT FROM EXCLUDED.geom
 		RETURNING c.community_id, (c.xmax = 0) AS inserted
+	), dist AS (
+		INSERT INTO districts AS d (district_code)
+		SELECT DISTINCT left(v.code, 6) FROM v
+		WHERE v.err IS NULL AND v.code IS NOT NULL
+		ORDER BY 1
+		ON CONFLICT ON CONSTRAINT districts_pkey DO NOTHING
+	), res AS (
+		SELECT v.ord, v.line, v.id,
+		    CASE WHEN v.err IS NOT NULL THEN 'rejected'
+		    WHEN i.community_id IS NULL THEN 'unchanged'
+		    WHEN i.inserted THEN 'inserted' ELSE 'updated' END AS action,
+		    v.err,
+		    v.err IS NULL AND i.community_id IS NOT NULL AND v.existed
+			AND v.old_geom IS DISTINCT FROM v.geom AS geom_changed
+		FROM v LEFT JOIN ins i ON v.err IS NULL AND i.community_id = v.id
 	)
-	SELECT v.line, v.id,
-	    CASE WHEN v.err IS NOT NULL THEN 'rejected'
-	    WHEN i.community_id IS NULL THEN 'unchanged'
-	    WHEN i.inserted THEN 'inserted' ELSE 'updated' END,
-	    v.err
-	FROM v LEFT JOIN ins i ON v.err IS NULL AND i.community_id = v.id
-	ORDER BY v.ord;
+	SELECT q.line, q.id, q.action, q.err FROM (
+		SELECT r.ord, r.line, r.id, r.action, r.err FROM res r
+		UNION ALL
+		SELECT n + 1, NULL, r.id, 'repartition', NULL FROM res r
+		WHERE r.geom_changed AND EXISTS (SELECT 1 FROM cells c
+		    WHERE c.community_id = r.id AND c.valid_to IS NULL)
+	) q
+	ORDER BY q.ord, q.id COLLATE "C";
 END
 $$;
 
@@ -308,14 +341,25 @@ $$;
 -- (error = 'warning: ...'): real data has centroids of L-shaped buildings
 -- or of buildings on the boundary just outside it, and the row still
 -- belongs to that community; gridd_buildings_outside lists them.
+-- A row without a footprint keeps the one stored (so a CSV of points
+-- re-imported after the GeoJSON footprints changes nothing); a row with one
+-- replaces it.  A point within 1.5e-6 degrees of the stored one in each
+-- coordinate (about 0.15 m: the rounding of 6-decimal data, such as a
+-- centroid taken from a rounded footprint instead of the source's own) is
+-- the stored point, so the same buildings imported from the CSV and from
+-- the GeoJSON, in either order, change nothing the second time.
+--
 -- A building moved to another community loses its cell; any other change
--- keeps the cell until the next repartition.
+-- keeps the cell until the next repartition.  Every inserted or updated
+-- row makes the cells of its community (and of the one it left) stale
+-- where that community has cells: those get a 'repartition' row.
 CREATE FUNCTION gridd_import_buildings(p_ids text[], p_community_ids text[],
     p_kinds text[], p_households integer[], p_levels integer[],
     p_lons double precision[], p_lats double precision[],
     p_areas double precision[], p_footprints text[], p_lines integer[])
 RETURNS TABLE (line integer, building_id text, action text, error text)
 LANGUAGE plpgsql
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -353,11 +397,15 @@ BEGIN
 	), parsed AS MATERIALIZED (
 		SELECT s.*, c.community_id AS known_community,
 		    c.geom AS community_geom, pa.geom AS fp_geom,
-		    pa.error AS fp_error
+		    pa.error AS fp_error, ob.community_id AS old_community,
+		    ob.geom AS old_pt
 		FROM src s
 		LEFT JOIN communities c ON c.community_id = s.community
 		LEFT JOIN LATERAL gridd_parse_area(s.footprint) pa
 		    ON s.footprint IS NOT NULL AND s.dup = 1
+		-- The row before this statement (the same snapshot for every
+		-- CTE, so not the one written below).
+		LEFT JOIN buildings ob ON ob.building_id = s.id
 	), v AS MATERIALIZED (
 		SELECT p.*,
 		    CASE
@@ -392,7 +440,9 @@ BEGIN
 		    WHEN p.fp_error IS NOT NULL THEN
 			'footprint: ' || p.fp_error
 		    END AS err,
-		    ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326) AS pt
+		    CASE WHEN abs(ST_X(p.old_pt) - p.lon) <= 1.5e-6
+			AND abs(ST_Y(p.old_pt) - p.lat) <= 1.5e-6 THEN p.old_pt
+		    ELSE ST_SetSRID(ST_MakePoint(p.lon, p.lat), 4326) END AS pt
 		FROM parsed p
 	), ins AS (
 		INSERT INTO buildings AS b (building_id, community_id, kind,
@@ -405,7 +455,8 @@ BEGIN
 		    community_id = EXCLUDED.community_id,
 		    kind = EXCLUDED.kind, households = EXCLUDED.households,
 		    levels = EXCLUDED.levels, area_m2 = EXCLUDED.area_m2,
-		    geom = EXCLUDED.geom, footprint = EXCLUDED.footprint,
+		    geom = EXCLUDED.geom,
+		    footprint = coalesce(EXCLUDED.footprint, b.footprint),
 		    cell_id = CASE WHEN b.community_id = EXCLUDED.community_id
 			THEN b.cell_id END,
 		    updated_at = now()
@@ -414,20 +465,33 @@ BEGIN
 		    EXCLUDED.kind, EXCLUDED.households, EXCLUDED.levels,
 		    EXCLUDED.area_m2)
 		    OR b.geom IS DISTINCT FROM EXCLUDED.geom
-		    OR b.footprint IS DISTINCT FROM EXCLUDED.footprint
+		    OR (EXCLUDED.footprint IS NOT NULL
+			AND b.footprint IS DISTINCT FROM EXCLUDED.footprint)
 		RETURNING b.building_id, (b.xmax = 0) AS inserted
+	), res AS (
+		SELECT v.ord, v.line, v.id,
+		    CASE WHEN v.err IS NOT NULL THEN 'rejected'
+		    WHEN i.building_id IS NULL THEN 'unchanged'
+		    WHEN i.inserted THEN 'inserted' ELSE 'updated' END AS action,
+		    coalesce(v.err,
+			CASE WHEN v.community_geom IS NOT NULL AND
+			    NOT ST_Intersects(v.community_geom, v.pt) THEN
+			    'warning: point lies outside the polygon of '
+			    'community ' || v.community END) AS err,
+		    CASE WHEN i.building_id IS NOT NULL THEN
+			ARRAY[v.community, v.old_community] END AS touched
+		FROM v LEFT JOIN ins i ON v.err IS NULL AND i.building_id = v.id
+	), stale AS (
+		SELECT DISTINCT t.c FROM res r, unnest(r.touched) AS t(c)
+		WHERE t.c IS NOT NULL AND EXISTS (SELECT 1 FROM cells x
+		    WHERE x.community_id = t.c AND x.valid_to IS NULL)
 	)
-	SELECT v.line, v.id,
-	    CASE WHEN v.err IS NOT NULL THEN 'rejected'
-	    WHEN i.building_id IS NULL THEN 'unchanged'
-	    WHEN i.inserted THEN 'inserted' ELSE 'updated' END,
-	    coalesce(v.err,
-		CASE WHEN v.community_geom IS NOT NULL AND
-		    NOT ST_Intersects(v.community_geom, v.pt) THEN
-		    'warning: point lies outside the polygon of community ' ||
-		    v.community END)
-	FROM v LEFT JOIN ins i ON v.err IS NULL AND i.building_id = v.id
-	ORDER BY v.ord;
+	SELECT q.line, q.id, q.action, q.err FROM (
+		SELECT r.ord, r.line, r.id, r.action, r.err FROM res r
+		UNION ALL
+		SELECT n + 1, NULL, st.c, 'repartition', NULL FROM stale st
+	) q
+	ORDER BY q.ord, q.id COLLATE "C";
 END
 $$;
 
@@ -651,9 +715,9 @@ $$;
 --    order join them the same way.
 --
 -- neighbour_m must be 0..10000.  Communities are hard walls: only
--- buildings of p_community take part.  The distance search uses the
--- buildings_shape_idx bounding-box index with a margin in degrees wider
--- than neighbour_m, then the exact test in metres.
+-- buildings of p_community take part.  The distance search uses a
+-- bounding-box index with a margin in degrees wider than neighbour_m, then
+-- the exact test in metres.
 CREATE FUNCTION gridd_partition_edges(p_community text,
     p_neighbour_m double precision)
 RETURNS TABLE (a integer, b integer)
@@ -698,29 +762,30 @@ BEGIN
 	v_dlon := p_neighbour_m /
 	    (111320.0 * cos(radians(least(v_lat + 1.0, 89.0)))) * 1.1 + 1e-9;
 
-	-- 1. Distance edges.
-	WITH bl AS MATERIALIZED (
-		SELECT x.building_id,
-		    (row_number() OVER (ORDER BY x.building_id COLLATE "C")
-			- 1)::integer AS idx,
-		    ST_Transform(coalesce(x.footprint, x.geom), v_srid) AS g
-		FROM buildings x WHERE x.community_id = p_community
-	), cand AS (
-		SELECT s.building_id AS ba, t.building_id AS bb
-		FROM buildings s
-		JOIN buildings t
-		    ON coalesce(t.footprint, t.geom) &&
-			ST_Expand(coalesce(s.footprint, s.geom), v_dlon, v_dlat)
-		    AND t.community_id = s.community_id
-		    AND t.building_id <> s.building_id
-		WHERE s.community_id = p_community
-	), e AS (
-		SELECT DISTINCT least(pa.idx, pb.idx) AS a,
-		    greatest(pa.idx, pb.idx) AS b
-		FROM cand
-		JOIN bl pa ON pa.building_id = cand.ba
-		JOIN bl pb ON pb.building_id = cand.bb
-		WHERE pa.idx < pb.idx AND ST_DWithin(pa.g, pb.g, p_neighbour_m)
+	-- 1. Distance edges.  The community's footprints (points where a
+	-- building has none) go to a temporary table with its own bounding-box
+	-- index and statistics.  Planned from the statistics of buildings
+	-- instead, a community imported after the last ANALYZE looked like one
+	-- row, and the join went quadratic (seconds instead of milliseconds).
+	CREATE TEMP TABLE IF NOT EXISTS gridd_edge_bl (idx integer,
+	    box geometry, g geometry) ON COMMIT DROP;
+	TRUNCATE gridd_edge_bl;
+	INSERT INTO gridd_edge_bl
+	SELECT (row_number() OVER (ORDER BY x.building_id COLLATE "C")
+		- 1)::integer,
+	    coalesce(x.footprint, x.geom),
+	    ST_Transform(coalesce(x.footprint, x.geom), v_srid)
+	FROM buildings x WHERE x.community_id = p_community;
+	CREATE INDEX IF NOT EXISTS gridd_edge_bl_box_idx ON gridd_edge_bl
+	    USING gist (box);
+	ANALYZE gridd_edge_bl;
+	WITH e AS (
+		SELECT pa.idx AS a, pb.idx AS b
+		FROM gridd_edge_bl pa
+		JOIN gridd_edge_bl pb
+		    ON pb.box && ST_Expand(pa.box, v_dlon, v_dlat)
+		    AND pa.idx < pb.idx
+		WHERE ST_DWithin(pa.g, pb.g, p_neighbour_m)
 	)
 	SELECT coalesce(array_agg(e.a ORDER BY e.a, e.b), '{}'),
 	    coalesce(array_agg(e.b ORDER BY e.a, e.b), '{}')
@@ -851,10 +916,14 @@ $$;
 -- between degrees and metres).  Buildings at one identical point share one
 -- region, which goes to the cell of the lowest building id among them; a
 -- cell left without any region gets an empty polygon.  A community with
--- one cell gets the community polygon itself.
-CREATE FUNCTION gridd_cell_polygons(p_community text)
+-- one cell gets the community polygon itself.  p_only (NULL: every cell)
+-- restricts the costly part, the union and clipping per cell, to the cells
+-- listed; the others may be missing from the result.
+CREATE FUNCTION gridd_cell_polygons(p_community text,
+    p_only text[] DEFAULT NULL)
 RETURNS TABLE (cell_id text, geom geometry)
 LANGUAGE plpgsql
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -950,9 +1019,14 @@ BEGIN
 		FROM gridd_regions r
 		WHERE NOT EXISTS (SELECT 1 FROM owner o
 		    WHERE o.region = r.region)
+	), assigned AS MATERIALIZED (
+		-- Materialized so that the p_only filter below is not pushed
+		-- into orphan, whose subquery would then run for every region.
+		SELECT * FROM owner UNION ALL SELECT * FROM orphan
 	), per_cell AS (
 		SELECT u.cell_id, ST_Union(u.g ORDER BY u.region) AS g
-		FROM (SELECT * FROM owner UNION ALL SELECT * FROM orphan) u
+		FROM assigned u
+		WHERE p_only IS NULL OR u.cell_id = ANY (p_only)
 		GROUP BY u.cell_id
 	), clipped AS (
 		-- Clipped in metres, then taken back to degrees: clipping the
@@ -973,6 +1047,7 @@ BEGIN
 	    ST_SetSRID('MULTIPOLYGON EMPTY'::geometry, 4326)
 	FROM buildings x
 	WHERE x.community_id = p_community AND x.cell_id IS NOT NULL
+	    AND (p_only IS NULL OR x.cell_id = ANY (p_only))
 	    AND NOT EXISTS (SELECT 1 FROM clipped cl
 		WHERE cl.cell_id = x.cell_id);
 END
@@ -993,7 +1068,15 @@ $$;
 -- current version closed and a new version from now() (the same
 -- transaction's own versions are updated in place); an unchanged cell is
 -- not touched.  Applying the same partition again therefore writes
--- nothing.  The community's crosswalk rows are rebuilt.
+-- nothing.  The community's crosswalk rows are rebuilt when any cell
+-- changed.
+--
+-- Polygons: communities.cells_input fingerprints what the current cell
+-- polygons were computed from (the community polygon and its buildings'
+-- ids and points).  While it matches, a cell whose buildings stayed the
+-- same keeps its polygon (its Voronoi regions are the same), and only the
+-- cells that gained or lost buildings are rebuilt; otherwise every cell
+-- is.  Rebuilding the polygons is most of the cost of an apply.
 --
 -- Returns cells (current cells after), buildings_moved (buildings that
 -- changed from one cell to another), created, retired, buildings_assigned
@@ -1005,9 +1088,13 @@ CREATE FUNCTION gridd_apply_partition(p_community text,
 RETURNS TABLE (cells integer, buildings_moved integer, created integer,
     retired integer, buildings_assigned integer, cells_changed integer)
 LANGUAGE plpgsql
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
+	v_input		text;
+	v_prev_input	text;
+	v_todo		text[];
 	v_now		timestamptz := now();
 	v_nb		integer := coalesce(cardinality(p_building_ids), 0);
 	v_nc		integer := coalesce(cardinality(p_cell_ids), 0);
@@ -1103,7 +1190,7 @@ BEGIN
 	WHERE x.building_id = a.building_id
 	    AND x.cell_id IS DISTINCT FROM a.new_cell;
 
-	-- The new cells with their counts, kinds and polygons.
+	-- The new cells with their counts and kinds.
 	CREATE TEMP TABLE IF NOT EXISTS gridd_newcells (cell_id text,
 	    kind text, households integer, buildings integer,
 	    touched boolean, geom geometry) ON COMMIT DROP;
@@ -1113,12 +1200,40 @@ BEGIN
 	    EXISTS (SELECT 1 FROM gridd_assign a
 		WHERE a.old_cell IS DISTINCT FROM a.new_cell
 		AND (a.old_cell = k.id OR a.new_cell = k.id)),
-	    p.geom
+	    NULL
 	FROM unnest(p_cell_ids, p_cell_kinds) AS k(id, kind)
 	JOIN (SELECT a.new_cell, sum(a.households)::integer AS households,
 		count(*)::integer AS buildings
-	    FROM gridd_assign a GROUP BY a.new_cell) s ON s.new_cell = k.id
-	LEFT JOIN gridd_cell_polygons(p_community) p ON p.cell_id = k.id;
+	    FROM gridd_assign a GROUP BY a.new_cell) s ON s.new_cell = k.id;
+
+	-- Their polygons: kept where the fingerprint allows, else rebuilt.
+	SELECT md5(coalesce(ST_AsEWKB(c.geom)::text, 'none') || '|' ||
+	    coalesce((SELECT string_agg(x.building_id || ':' ||
+		ST_AsEWKB(x.geom)::text, ',' ORDER BY x.building_id COLLATE "C")
+		FROM buildings x WHERE x.community_id = p_community), '')),
+	    c.cells_input
+	INTO v_input, v_prev_input
+	FROM communities c WHERE c.community_id = p_community;
+	IF v_input = v_prev_input THEN
+		UPDATE gridd_newcells nc SET geom = c.geom
+		FROM cells c
+		WHERE c.cell_id = nc.cell_id AND c.valid_to IS NULL
+		    AND c.community_id = p_community AND NOT nc.touched
+		    AND c.geom IS NOT NULL;
+		SELECT coalesce(array_agg(nc.cell_id), '{}') INTO v_todo
+		FROM gridd_newcells nc WHERE nc.geom IS NULL;
+	END IF;
+	IF v_todo IS NULL OR cardinality(v_todo) > 0 THEN
+		UPDATE gridd_newcells nc SET geom = p.geom
+		FROM gridd_cell_polygons(p_community, v_todo) p
+		WHERE p.cell_id = nc.cell_id AND nc.geom IS NULL;
+	END IF;
+	-- Only when it changed: a statement on communities, even one that
+	-- updates no row, fires its grid-changed trigger (003_feed.sql).
+	IF v_input IS DISTINCT FROM v_prev_input THEN
+		UPDATE communities c SET cells_input = v_input
+		WHERE c.community_id = p_community;
+	END IF;
 
 	-- Retire what is gone.
 	UPDATE cells c SET valid_to = v_now
@@ -1169,7 +1284,9 @@ BEGIN
 	    WHERE c.cell_id = nc.cell_id AND c.valid_to IS NULL)
 	ORDER BY nc.cell_id COLLATE "C";
 
-	PERFORM gridd_crosswalk_refresh_community(p_community);
+	IF v_changed > 0 OR v_created > 0 OR v_retired > 0 THEN
+		PERFORM gridd_crosswalk_refresh_community(p_community);
+	END IF;
 
 	SELECT count(*) INTO v_cells FROM cells c
 	WHERE c.community_id = p_community AND c.valid_to IS NULL;

@@ -635,6 +635,66 @@ test_timeout(const char *conninfo)
 	db_pool_free(pool);
 }
 
+/* A batch with its own limit: longer than query_timeout_ms on both the
+ * client's timer and the server's statement_timeout, shorter as well, and
+ * the session keeps the pool's limit afterwards. */
+static void
+test_batch_timeout(const char *conninfo)
+{
+	struct db_pool_opts o = pool_opts(conninfo, 1, 300, 4);
+	struct db_pool *pool = new_pool(&o);
+	struct db_batch *b;
+	struct bres r;
+	struct qres q;
+	int64_t t0, el;
+
+	check(wait_connected(pool, 5000), "batch timeout pool connects");
+	/* 1.2 s: past the pool's 300 ms and the server's 800 ms. */
+	b = db_batch_new();
+	db_batch_timeout(b, 5000);
+	db_batch_add(b, "SELECT 1", 0, NULL);
+	db_batch_add(b, "SELECT pg_sleep(1.2), "
+	    "current_setting('statement_timeout')", 0, NULL);
+	t0 = mono_ms();
+	check(run_batch(pool, b, &r) && r.st == DB_OK && r.n == 2 &&
+	    r.rst[0] == DB_OK && strcmp(r.v0[0], "1") == 0 &&
+	    r.rst[1] == DB_OK,
+	    "a batch with its own 5000 ms limit outlives query_timeout_ms=300 "
+	    "(status=%d %d %d, %lld ms)", r.st, r.rst[0], r.rst[1],
+	    (long long)(mono_ms() - t0));
+	check(run_query(pool, &q, "SELECT current_setting('statement_timeout')",
+	    0, NULL, 5000) && q.st == DB_OK && strcmp(q.v[0], "800ms") == 0,
+	    "the session keeps the pool's statement_timeout after it (%s)",
+	    q.v[0]);
+
+	/* Shorter than the pool's: the batch's own limit ends it. */
+	db_pool_free(pool);
+	o = pool_opts(conninfo, 1, 10000, 4);
+	pool = new_pool(&o);
+	check(wait_connected(pool, 5000), "second pool connects");
+	b = db_batch_new();
+	db_batch_timeout(b, 300);
+	db_batch_add(b, "SELECT pg_sleep(5)", 0, NULL);
+	t0 = mono_ms();
+	check(run_batch(pool, b, &r), "a slow batch returns before it ends");
+	el = mono_ms() - t0;
+	check(r.st == DB_TIMEOUT && r.rst[0] == DB_TIMEOUT && el >= 250 &&
+	    el < 3000, "its own 300 ms limit gives DB_TIMEOUT after %lld ms "
+	    "(status=%d)", (long long)el, r.st);
+	check(run_query(pool, &q, "SELECT 2", 0, NULL, 5000) &&
+	    q.st == DB_OK && strcmp(q.v[0], "2") == 0,
+	    "the pool recovers after it (%s)", q.err);
+
+	b = db_batch_new();
+	db_batch_timeout(b, 0);
+	db_batch_add(b, "SELECT 1", 0, NULL);
+	in_submit = true;
+	check(!db_batch_submit(pool, b, batch_cb, &r),
+	    "a batch with a limit out of range is refused");
+	in_submit = false;
+	db_pool_free(pool);
+}
+
 /* New settings reach every session as it is recycled; the pool grows and
  * shrinks. */
 static void
@@ -1295,6 +1355,7 @@ main(void)
 	test_batches(ci);
 	test_queue(ci);
 	test_timeout(ci);
+	test_batch_timeout(ci);
 	test_reconfigure(ci);
 	test_listen(ci);
 	test_free_pending(ci);

@@ -1,6 +1,8 @@
 """test_grid.py - the grid through the daemon: gridctl imports, partitioning
-in gridd, stability, a reload that changes one community's grid keys,
-GetGrid, the SVG map, a responsive loop during a partition, and roles.
+in gridd, stability, a reload that changes one community's grid keys (with
+a query timeout partitioning must not be bound by), imports that leave
+cells stale and the repartition they queue, GetGrid, the SVG map, a
+responsive loop during a partition, and roles.
 
 Real database and daemon; the Liechtenstein sample from GRIDD_SAMPLE_DIR
 (buildings.csv, buildings.geojson, municipalities.geojson) or else
@@ -30,6 +32,7 @@ BUILDINGS = 13993
 MIN_HH, TARGET_HH, MAX_HH = 300, 400, 500
 NEIGHBOUR_M = 30
 CHANGED = "Vaduz"          # the community whose target the reload changes
+REPARTITION_DELAY_S = 1    # [grid] repartition_delay_s here
 S = {}
 
 
@@ -108,8 +111,9 @@ def test_start():
     S["sample"] = sample_dir()
     S["db"] = harness.fresh_database("gridd_grid")
     S["confpath"] = harness.tmppath("grid.conf")
-    S["conf"] = harness.write_config(S["confpath"], dbname=S["db"],
-                                     server__log_level="info")
+    S["conf"] = harness.write_config(
+        S["confpath"], dbname=S["db"], server__log_level="info",
+        grid__repartition_delay_s=str(REPARTITION_DELAY_S))
     S["gridd"] = harness.Gridd(S["conf"]).start()
 
 
@@ -144,6 +148,15 @@ def test_reimport_is_idempotent():
     assert out["updated"] == BUILDINGS and out["inserted"] == 0, out
     assert sql("SELECT count(footprint) FROM buildings")[0][0] == \
         str(BUILDINGS)
+    # The points again (the CSV has no footprints): the footprints stay
+    # and nothing is written.
+    stamp = sql("SELECT max(updated_at) FROM buildings")
+    out, _ = import_json("buildings", os.path.join(S["sample"],
+                                                   "buildings.csv"))
+    assert out["unchanged"] == BUILDINGS and out["updated"] == 0, out
+    assert sql("SELECT count(footprint) FROM buildings")[0][0] == \
+        str(BUILDINGS)
+    assert sql("SELECT max(updated_at) FROM buildings") == stamp
 
 
 def test_partition_all():
@@ -229,11 +242,24 @@ def test_reload_repartitions_changed_community_only():
     conf = S["conf"]
     conf.set("community." + CHANGED, "target_households", "340")
     conf.set("community." + CHANGED, "min_households", "250")
+    # Far below what loading and applying a community's partition takes:
+    # partitioning runs under [grid] partition_timeout_s instead.
+    conf.set("database", "query_timeout_ms", "100")
     conf.write()
     S["gridd"].reload()
     S["gridd"].wait_log(r"event=repartition scope=reload communities=1 "
                         r"ok=1 failed=0", timeout=120, since=since)
     log = S["gridd"].log_since(since)
+    m = re.search(r"event=partition community=%s outcome=ok .* load_ms=(\d+)"
+                  r" part_ms=\d+ cpu_ms=\S+ apply_ms=(\d+)" % CHANGED, log)
+    assert m, log
+    print("reload: %s loaded in %s ms, applied in %s ms (query_timeout_ms "
+          "100)" % (CHANGED, m.group(1), m.group(2)))
+    conf.set("database", "query_timeout_ms", "20000")
+    conf.write()
+    since2 = S["gridd"].log_size()
+    S["gridd"].reload()
+    S["gridd"].wait_log(r"event=reload outcome=ok", timeout=10, since=since2)
     assert re.search(r"event=partition community=%s outcome=ok fresh=1"
                      % CHANGED, log), log
     assert len(re.findall(r"event=partition community=\S+ outcome=ok",
@@ -261,6 +287,101 @@ def test_reload_repartitions_changed_community_only():
     # Ids survive by overlap: most of the old ids are still there.
     assert len(set(mine_a) & set(mine_b)) >= len(mine_b) // 2, \
         (sorted(mine_a), sorted(mine_b))
+
+
+def wait_import_repartition(since, communities):
+    """Waits for the repartition an import queued; returns its log."""
+    S["gridd"].wait_log(r"event=repartition scope=import communities=%d "
+                        r"ok=%d failed=0" % (communities, communities),
+                        timeout=120, since=since)
+    return S["gridd"].log_since(since)
+
+
+def test_import_queues_repartition():
+    """A building moved to another community and a changed community
+    polygon leave cells stale: the import reply names the communities and
+    gridd repartitions them once the imports settle."""
+    row = sql("SELECT building_id, kind, households, coalesce(levels::text, "
+              "''), ST_X(geom), ST_Y(geom), area_m2 FROM buildings "
+              "WHERE community_id = 'Balzers' AND households > 0 "
+              "ORDER BY building_id LIMIT 1")[0]
+    bid = row[0]
+    path = harness.tmppath("move.csv")
+    with open(path, "w") as f:
+        f.write("id,community,kind,households,levels,lon,lat,area_m2\n")
+        f.write(",".join([bid, "Triesen"] + row[1:]) + "\n")
+    since = S["gridd"].log_size()
+    out, _ = import_json("buildings", path)
+    assert out["updated"] == 1, out
+    assert re.search(r"cells stale in 2 communities: Balzers, Triesen; "
+                     r"repartition queued", out["report"]), out
+    # Moved: no cell until the repartition gives it one.
+    assert sql("SELECT coalesce(cell_id, 'none') FROM buildings "
+               "WHERE building_id = '%s'" % bid) == [["none"]]
+    wait_import_repartition(since, 2)
+    cell = sql("SELECT b.cell_id, c.community_id FROM buildings b "
+               "JOIN cells c ON c.cell_id = b.cell_id AND c.valid_to IS NULL "
+               "WHERE b.building_id = '%s'" % bid)
+    assert cell and cell[0][1] == "Triesen", cell
+    for comm in ("Balzers", "Triesen"):
+        n, in_cells = sql("SELECT (SELECT count(*) FROM buildings WHERE "
+                          "community_id = '%s'), (SELECT sum(buildings) "
+                          "FROM cells WHERE community_id = '%s' AND "
+                          "valid_to IS NULL)" % (comm, comm))[0]
+        assert n == in_cells, (comm, n, in_cells)
+    # Imported again unchanged: nothing stale, nothing queued.
+    out, _ = import_json("buildings", path)
+    assert out["unchanged"] == 1 and "stale" not in out.get("report", ""), \
+        out
+
+    # Planken's polygon, its coordinates rounded to 4 decimals (~10 m).
+    with open(os.path.join(S["sample"], "municipalities.geojson")) as f:
+        fc = json.load(f)
+    feat = [x for x in fc["features"]
+            if x["properties"]["name"] == "Planken"][0]
+
+    def rounded(v):
+        return [rounded(x) for x in v] if isinstance(v, list) else \
+            round(v, 4)
+    feat["geometry"]["coordinates"] = rounded(
+        feat["geometry"]["coordinates"])
+    path = harness.tmppath("planken.geojson")
+    with open(path, "w") as f:
+        json.dump({"type": "FeatureCollection", "features": [feat]}, f)
+    since = S["gridd"].log_size()
+    out, _ = import_json("communities", path)
+    assert out["updated"] == 1, out
+    assert "cells stale in 1 community: Planken" in out["report"], out
+    wait_import_repartition(since, 1)
+    # The cells tile the new polygon.
+    diff = float(sql("SELECT ST_Area(ST_SymDifference(m.geom, (SELECT "
+                     "ST_Union(c.geom) FROM cells c WHERE c.community_id = "
+                     "m.community_id AND c.valid_to IS NULL))::geography) "
+                     "FROM communities m WHERE community_id = 'Planken'"
+                     )[0][0])
+    assert diff < 1.0, diff
+
+    # Every building of Planken moved to Triesenberg: Planken's cells are
+    # retired, Triesenberg's take them in.
+    rows = sql("SELECT building_id, kind, households, coalesce(levels::text, "
+               "''), ST_X(geom), ST_Y(geom), coalesce(area_m2::text, '') "
+               "FROM buildings WHERE community_id = 'Planken'")
+    assert len(rows) > 100, len(rows)
+    path = harness.tmppath("planken.csv")
+    with open(path, "w") as f:
+        f.write("id,community,kind,households,levels,lon,lat,area_m2\n")
+        for r in rows:
+            f.write(",".join([r[0], "Triesenberg"] + r[1:]) + "\n")
+    since = S["gridd"].log_size()
+    out, _ = import_json("buildings", path)
+    assert out["updated"] == len(rows), out
+    assert "Planken, Triesenberg" in out["report"], out
+    log = wait_import_repartition(since, 2)
+    assert "Planken: no buildings left, its cells are retired" in log, log
+    assert sql("SELECT count(*) FROM cells WHERE community_id = 'Planken' "
+               "AND valid_to IS NULL") == [["0"]]
+    assert sql("SELECT count(*) FROM buildings WHERE community_id = "
+               "'Triesenberg' AND cell_id IS NULL") == [["0"]]
 
 
 def test_import_layer_crosswalk():
