@@ -203,11 +203,13 @@ triage_classify(const struct cfg *cfg, const struct cfg_department *dept,
 		out->refusal = TRIAGE_UNKNOWN_CATEGORY;
 		if (dept != NULL)
 			snprintf(out->message, sizeof(out->message),
-			    "unknown category %.64s for department %s",
-			    category, dept->id);
+			    "unknown category %.*s for department %s",
+			    (int)utf8_prefix(category, 64), category,
+			    dept->id);
 		else
 			snprintf(out->message, sizeof(out->message),
-			    "unknown task type %.64s", category);
+			    "unknown task type %.*s",
+			    (int)utf8_prefix(category, 64), category);
 		return;
 	}
 	out->task_type = tt;

@@ -129,6 +129,20 @@ hex_decode(const char *in, uint8_t *out, size_t n)
 	return true;
 }
 
+size_t
+utf8_prefix(const char *s, size_t max)
+{
+	size_t n = strnlen(s, max);
+
+	if (n < max || s[n] == '\0')
+		return n;
+	/* Cut before a continuation byte: back up to the start of the
+	 * character the cut falls in. */
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
 bool
 ct_equal(const void *a, const void *b, size_t n)
 {

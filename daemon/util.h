@@ -47,6 +47,12 @@ xbsearch(const void *key, const void *base, size_t n, size_t size,
 	return n > 0 ? bsearch(key, base, n, size, cmp) : NULL;
 }
 
+/* Length in bytes of the longest prefix of s, at most max bytes, that ends
+ * on a UTF-8 character boundary: printf's "%.Ns" cuts in the middle of a
+ * character, and protobuf runtimes refuse a string that is not UTF-8. Use
+ * as "%.*s", (int)utf8_prefix(s, N), s. */
+size_t utf8_prefix(const char *s, size_t max);
+
 /* Constant-time comparison for secrets and their hashes. */
 bool ct_equal(const void *a, const void *b, size_t n) WUR;
 

@@ -61,6 +61,23 @@ test_xstrndup(void **state)
 }
 
 static void
+test_utf8_prefix(void **state)
+{
+	/* "网格" is 6 bytes: two 3-byte characters. */
+	const char *s = "\xe7\xbd\x91\xe6\xa0\xbc";
+
+	(void)state;
+	assert_int_equal(utf8_prefix("abc", 10), 3);
+	assert_int_equal(utf8_prefix("abcdef", 4), 4);
+	assert_int_equal(utf8_prefix(s, 6), 6);
+	assert_int_equal(utf8_prefix(s, 5), 3);	/* not inside 格 */
+	assert_int_equal(utf8_prefix(s, 4), 3);
+	assert_int_equal(utf8_prefix(s, 3), 3);
+	assert_int_equal(utf8_prefix(s, 2), 0);	/* not inside 网 */
+	assert_int_equal(utf8_prefix("", 5), 0);
+}
+
+static void
 test_clocks(void **state)
 {
 	int64_t a = mono_ms(), b = mono_ms();
@@ -78,6 +95,7 @@ main(void)
 		cmocka_unit_test(test_hex_rejects),
 		cmocka_unit_test(test_ct_equal),
 		cmocka_unit_test(test_xstrndup),
+		cmocka_unit_test(test_utf8_prefix),
 		cmocka_unit_test(test_clocks),
 	};
 
