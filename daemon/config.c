@@ -166,6 +166,13 @@ static const struct key_def keys[] = {
 	    600000, 0, "longest pause between reconnect attempts"),
 	KC(D, "migrations_dir", CFG_T_PATH, migrations_dir, GRIDD_SQLDIR, 0, 0,
 	    F_RESTART, "directory of numbered NNN_name.sql migrations"),
+	KC(D, "report_rollup_interval_s", CFG_T_INT, report_rollup_interval_s,
+	    "300", 0, 86400, 0,
+	    "roll up the burden report's finished days this often; 0 = only "
+	    "when a report asks"),
+	KC(D, "report_rollup_budget_ms", CFG_T_INT, report_rollup_budget_ms,
+	    "1000", 10, 600000, 0,
+	    "database time one roll-up step may take; below query_timeout_ms"),
 
 	KC(A, "pbkdf2_iterations", CFG_T_INT, pbkdf2_iterations, "100000",
 	    1000, 10000000, 0,
@@ -190,6 +197,12 @@ static const struct key_def keys[] = {
 	    "non-residential buildings that make a dedicated cell"),
 	KG("dedicated_min_area_m2", CFG_T_DOUBLE, dedicated_min_area_m2, "5000",
 	    1, 1e9, "or the floor area that makes one"),
+	KG("partition_timeout_s", CFG_T_INT, partition_timeout_s, "300", 1,
+	    86400, "loading or applying one community's partition may take "
+	    "this long"),
+	KG("repartition_delay_s", CFG_T_INT, repartition_delay_s, "5", 0,
+	    86400, "an import that leaves a community's cells stale queues "
+	    "its repartition after this long without another; 0 = never"),
 
 	KC(P, "offer_timeout_s", CFG_T_INT, offer_timeout_s, "120", 5, 86400,
 	    0, "an offer not accepted this long goes to the next worker"),
@@ -222,7 +235,8 @@ static const struct key_def keys[] = {
 	    "escalated incidents are retried and missed work found this "
 	    "often"),
 	KC(P, "dispatch_batch", CFG_T_INT, dispatch_batch, "32", 1, 64, 0,
-	    "incidents or timers handled per database statement"),
+	    "incidents, timers or worker actions handled per database "
+	    "statement"),
 
 	KA("key_sha256", CFG_T_SHA256, key_sha256, NULL, F_REQ,
 	    "SHA-256 of the admin's key"),

@@ -46,6 +46,12 @@ struct cfg_grid {
 	 * (专属网格) when it has at least this many buildings or floor area. */
 	int dedicated_min_buildings;
 	double dedicated_min_area_m2;
+	/* Loading or applying one community's partition may take this long
+	 * (its own limit, not [database] query_timeout_ms). */
+	int partition_timeout_s;
+	/* An import that leaves the community's cells stale queues its
+	 * repartition once no import touched it for this long; 0 = never. */
+	int repartition_delay_s;
 };
 
 struct cfg_community {
@@ -111,6 +117,8 @@ struct cfg {
 	int max_waiting;		/* queued statements beyond the pool */
 	int reconnect_max_ms;
 	char *migrations_dir;		/* numbered NNN_name.sql files */
+	int report_rollup_interval_s;	/* 0 = only when a report asks */
+	int report_rollup_budget_ms;
 
 	/* [auth] */
 	int pbkdf2_iterations;

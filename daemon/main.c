@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "migrate.h"
+#include "report.h"
 #include "sdnotify.h"
 #include "session.h"
 #include "signals.h"
@@ -77,7 +78,14 @@ pool_opts(const struct cfg *cfg, struct db_pool_opts *o)
 	o->query_timeout_ms = cfg->query_timeout_ms;
 	o->max_waiting = cfg->max_waiting;
 	o->reconnect_max_ms = cfg->reconnect_max_ms;
-	o->application_name = "gridd";
+	/* Unique per process, the pid first so that the server's cut at 63
+	 * bytes keeps it: dispatch at commit finds the sending process's
+	 * settings by it. */
+	static char app_name[64];
+
+	snprintf(app_name, sizeof(app_name), "gridd %ld %s", (long)getpid(),
+	    gridd.instance != NULL ? gridd.instance : "");
+	o->application_name = app_name;
 }
 
 /*
@@ -121,6 +129,7 @@ reload(void)
 	gridd.cfg = next;
 	/* Before old is freed: the grid compares its keys with next's. */
 	grid_config_changed(old, next);
+	session_config_changed(old, next);
 	cfg_free(old);
 	log_info("event=reload outcome=ok path=%s", next->path);
 	sdnotify_ready();
@@ -304,6 +313,8 @@ main(int argc, char **argv)
 	feed_init();
 	if (!events_init())
 		log_fatal(1, "event=start error=\"events setup failed\"");
+	if (!report_init())
+		log_fatal(1, "event=start error=\"report setup failed\"");
 	metrics_register("db", db_metrics);
 	if (!listener_start(running_cfg))
 		log_fatal(1, "event=start error=\"cannot listen\"");
@@ -327,6 +338,7 @@ main(int argc, char **argv)
 	disp_shutdown();
 	feed_shutdown();
 	events_shutdown();
+	report_shutdown();
 	conn_close_all("shutdown");
 	conn_free_all();
 	http_free();
