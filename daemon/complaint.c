@@ -163,7 +163,7 @@ complaint_file(struct conn *c, const Gridd__V1__Envelope *env)
 		    "negative_list, unfunded, duplicate, outside_duty, other");
 		return;
 	}
-	if (!triage_utf8_ok(note, COMPLAINT_NOTE_MAX)) {
+	if (!utf8_valid(note, COMPLAINT_NOTE_MAX)) {
 		rpc_reply_error(c, env->request_id,
 		    GRIDD__V1__ERROR_CODE__BAD_REQUEST,
 		    "note: at most 2000 characters of UTF-8");
@@ -370,7 +370,7 @@ complaint_resolve(struct conn *c, const Gridd__V1__Envelope *env)
 		    "complaint_id: required");
 		return;
 	}
-	if (text[0] == '\0' || !triage_utf8_ok(text,
+	if (text[0] == '\0' || !utf8_valid(text,
 	    COMPLAINT_RESOLUTION_MAX)) {
 		rpc_reply_error(c, env->request_id,
 		    GRIDD__V1__ERROR_CODE__BAD_REQUEST,

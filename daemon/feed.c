@@ -751,7 +751,7 @@ record_refusal(struct feed_req *r, struct arrays *ar, const char *ext,
 static char *
 clean_copy(const char *s, size_t max)
 {
-	if (s == NULL || !triage_utf8_ok(s, max))
+	if (s == NULL || !utf8_valid(s, max))
 		return xstrdup("");
 	return xstrdup(s);
 }
@@ -817,7 +817,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		s->dup_of = -1;
 		s->ext_id = clean_copy(in->ext_id, TRIAGE_EXT_ID_MAX);
 		ext_ok = s->ext_id;
-		cat_ok = in->category != NULL && triage_utf8_ok(in->category,
+		cat_ok = in->category != NULL && utf8_valid(in->category,
 		    TRIAGE_CATEGORY_MAX) ? in->category : "";
 		if (!triage_validate(in, from_worker ? TRIAGE_FROM_WORKER :
 		    TRIAGE_FROM_DEPARTMENT, &lim, now, &it, msg, sizeof(msg))) {

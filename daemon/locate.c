@@ -78,25 +78,13 @@ struct wkb {
 	size_t pos;		/* in hex digits */
 };
 
-static int
-hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static bool
 wkb_bytes(struct wkb *w, uint8_t *out, size_t n)
 {
 	if (w->len - w->pos < 2 * n)
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		int hi = hexval(w->hex[w->pos]), lo = hexval(w->hex[w->pos + 1]);
+		int hi = hex_digit(w->hex[w->pos]), lo = hex_digit(w->hex[w->pos + 1]);
 
 		if (hi < 0 || lo < 0)
 			return false;

@@ -418,48 +418,6 @@ valid_id(const char *s)
 	    "0123456789_.-") == n;
 }
 
-/* Well-formed UTF-8 of at most max characters. */
-static bool
-valid_utf8(const char *s, size_t max)
-{
-	const uint8_t *p = (const uint8_t *)s;
-	size_t chars = 0;
-
-	for (; *p != '\0'; chars++) {
-		if (chars == max)
-			return false;
-		int n;
-		uint32_t cp;
-
-		if (*p < 0x80) {
-			p++;
-			continue;
-		} else if ((*p & 0xe0) == 0xc0) {
-			n = 1;
-			cp = *p & 0x1f;
-		} else if ((*p & 0xf0) == 0xe0) {
-			n = 2;
-			cp = *p & 0x0f;
-		} else if ((*p & 0xf8) == 0xf0) {
-			n = 3;
-			cp = *p & 0x07;
-		} else {
-			return false;
-		}
-		for (int i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-			cp = cp << 6 | (p[i] & 0x3f);
-		}
-		if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) ||
-		    (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
-		    (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		p += n + 1;
-	}
-	return true;
-}
-
 static const char *
 role_db_name(enum conn_role r)
 {
@@ -1282,7 +1240,7 @@ session_upsert_worker(struct conn *c, const Gridd__V1__Envelope *env)
 
 	if (in->worker_id == NULL || !valid_id(in->worker_id))
 		bad = "worker_id must be 1-64 characters of A-Z a-z 0-9 _ . -";
-	else if (!valid_utf8(name, WORKER_NAME_MAX))
+	else if (!utf8_valid(name, WORKER_NAME_MAX))
 		bad = "name must be valid UTF-8 of at most 200 characters";
 	else if (pwlen != 0 && (pwlen < WORKER_PASSWORD_MIN ||
 	    pwlen > WORKER_PASSWORD_MAX))

@@ -23,53 +23,13 @@ triage_refusal_name(enum triage_refusal r)
 	return "invalid";
 }
 
-bool
-triage_utf8_ok(const char *s, size_t max)
-{
-	const uint8_t *p = (const uint8_t *)s;
-	size_t chars = 0;
-
-	while (*p != '\0') {
-		uint32_t cp;
-		int n;
-
-		if (chars++ == max)
-			return false;
-		if (*p < 0x80) {
-			p++;
-			continue;
-		} else if ((*p & 0xe0) == 0xc0) {
-			n = 1;
-			cp = *p & 0x1f;
-		} else if ((*p & 0xf0) == 0xe0) {
-			n = 2;
-			cp = *p & 0x0f;
-		} else if ((*p & 0xf8) == 0xf0) {
-			n = 3;
-			cp = *p & 0x07;
-		} else {
-			return false;
-		}
-		for (int i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-			cp = cp << 6 | (p[i] & 0x3f);
-		}
-		if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) ||
-		    (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
-		    (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		p += n + 1;
-	}
-	return true;
-}
 
 /* An identifier-like field: 1..max characters, UTF-8, no control
  * characters (they end up in logs and in other systems' keys). */
 static bool
 key_ok(const char *s, size_t max)
 {
-	if (s == NULL || s[0] == '\0' || !triage_utf8_ok(s, max))
+	if (s == NULL || s[0] == '\0' || !utf8_valid(s, max))
 		return false;
 	for (const uint8_t *p = (const uint8_t *)s; *p != '\0'; p++)
 		if (*p < 0x20 || *p == 0x7f)
@@ -154,12 +114,12 @@ triage_validate(const Gridd__V1__IncidentIn *in, enum triage_source from,
 		    "dept_grid_code or building_id is required");
 		return false;
 	}
-	if (!triage_utf8_ok(addr, TRIAGE_ADDRESS_MAX)) {
+	if (!utf8_valid(addr, TRIAGE_ADDRESS_MAX)) {
 		snprintf(msg, msglen, "address: at most %d characters of UTF-8",
 		    TRIAGE_ADDRESS_MAX);
 		return false;
 	}
-	if (!triage_utf8_ok(desc, TRIAGE_DESCRIPTION_MAX)) {
+	if (!utf8_valid(desc, TRIAGE_DESCRIPTION_MAX)) {
 		snprintf(msg, msglen, "description: at most %d characters of "
 		    "UTF-8", TRIAGE_DESCRIPTION_MAX);
 		return false;

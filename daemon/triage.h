@@ -84,10 +84,6 @@ bool triage_validate(const Gridd__V1__IncidentIn *in, enum triage_source from,
 void triage_classify(const struct cfg *cfg, const struct cfg_department *dept,
     const char *category, struct triage_decision *out);
 
-/* Well-formed UTF-8 of at most max characters (no NUL inside by
- * construction: the wire's strings are NUL-terminated). */
-bool triage_utf8_ok(const char *s, size_t max);
-
 const char *triage_refusal_name(enum triage_refusal r);
 
 #endif

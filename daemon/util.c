@@ -102,8 +102,8 @@ hex_encode(const uint8_t *in, size_t n, char *out)
 	out[2 * n] = '\0';
 }
 
-static int
-hex_val(char c)
+int
+hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -120,11 +120,52 @@ hex_decode(const char *in, uint8_t *out, size_t n)
 	if (strlen(in) != 2 * n)
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		int hi = hex_val(in[2 * i]), lo = hex_val(in[2 * i + 1]);
+		int hi = hex_digit(in[2 * i]), lo = hex_digit(in[2 * i + 1]);
 
 		if (hi < 0 || lo < 0)
 			return false;
 		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
+bool
+utf8_valid(const char *s, size_t max)
+{
+	const uint8_t *p = (const uint8_t *)s;
+	size_t chars = 0;
+
+	while (*p != '\0') {
+		uint32_t cp;
+		int n;
+
+		if (chars++ == max)
+			return false;
+		if (*p < 0x80) {
+			p++;
+			continue;
+		} else if ((*p & 0xe0) == 0xc0) {
+			n = 1;
+			cp = *p & 0x1f;
+		} else if ((*p & 0xf0) == 0xe0) {
+			n = 2;
+			cp = *p & 0x0f;
+		} else if ((*p & 0xf8) == 0xf0) {
+			n = 3;
+			cp = *p & 0x07;
+		} else {
+			return false;
+		}
+		for (int i = 1; i <= n; i++) {
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (p[i] & 0x3f);
+		}
+		if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) ||
+		    (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		p += n + 1;
 	}
 	return true;
 }

@@ -27,6 +27,8 @@ int64_t mono_ms(void);
 
 /* out must hold 2*n+1 bytes; always NUL-terminated. */
 void hex_encode(const uint8_t *in, size_t n, char *out);
+/* The value of one hex digit, or -1. */
+int hex_digit(char c);
 /* Decodes exactly 2*n hex digits; false on any other length or digit. */
 bool hex_decode(const char *in, uint8_t *out, size_t n) WUR;
 
@@ -46,6 +48,10 @@ xbsearch(const void *key, const void *base, size_t n, size_t size,
 {
 	return n > 0 ? bsearch(key, base, n, size, cmp) : NULL;
 }
+
+/* Well-formed UTF-8 (no overlongs, surrogates or code points past
+ * U+10FFFF) of at most max characters. */
+bool utf8_valid(const char *s, size_t max) WUR;
 
 /* Length in bytes of the longest prefix of s, at most max bytes, that ends
  * on a UTF-8 character boundary: printf's "%.Ns" cuts in the middle of a

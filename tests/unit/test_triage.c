@@ -193,10 +193,10 @@ test_utf8_counts_characters(void **state)
 {
 	(void)state;
 	/* Three characters of three bytes each. */
-	assert_true(triage_utf8_ok("\xe7\xbd\x91\xe6\xa0\xbc\xe5\x91\x98", 3));
-	assert_false(triage_utf8_ok("\xe7\xbd\x91\xe6\xa0\xbc\xe5\x91\x98", 2));
-	assert_false(triage_utf8_ok("\xed\xa0\x80", 10));	/* surrogate */
-	assert_false(triage_utf8_ok("\xc0\xaf", 10));		/* overlong */
+	assert_true(utf8_valid("\xe7\xbd\x91\xe6\xa0\xbc\xe5\x91\x98", 3));
+	assert_false(utf8_valid("\xe7\xbd\x91\xe6\xa0\xbc\xe5\x91\x98", 2));
+	assert_false(utf8_valid("\xed\xa0\x80", 10));	/* surrogate */
+	assert_false(utf8_valid("\xc0\xaf", 10));		/* overlong */
 }
 
 static void
