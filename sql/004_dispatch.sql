@@ -1285,7 +1285,18 @@ BEGIN
 		    NULL);
 		RETURN;
 	END IF;
-	IF inc.status <> 'resolved' THEN
+	-- A big matter handed back to its department (route department,
+	-- status referred) never reaches a worker: the department closes it
+	-- when it has dealt with it. There is no dispatch to reopen it into.
+	IF inc.status = 'referred' AND inc.route = 'department' THEN
+		IF NOT p_accept THEN
+			RETURN NEXT gridd_drow('conflict', 'incident is referred '
+			    'to its department: accept=true closes it, there is '
+			    'no dispatch to reopen it into', NULL, p_incident,
+			    NULL);
+			RETURN;
+		END IF;
+	ELSIF inc.status <> 'resolved' THEN
 		RETURN NEXT gridd_drow('conflict', 'incident is ' || inc.status ||
 		    ', verify needs resolved', NULL, p_incident, NULL);
 		RETURN;

@@ -343,6 +343,17 @@ def test_triage_routes():
                   ["guidance"]], ev
     assert sql1("SELECT deadline IS NULL FROM incidents WHERE "
                 "incident_id = %d" % p.incident_id) == "t"
+    # The big matter stays with its department, which closes it when done;
+    # it cannot be sent to dispatch, and only its owner verifies it.
+    expect_error(civil.request("verify_incident", incident_id=d.incident_id,
+                               accept=True), "FORBIDDEN")
+    expect_error(urban.request("verify_incident", incident_id=d.incident_id,
+                               accept=False), "CONFLICT")
+    expect_body(urban.request("verify_incident", incident_id=d.incident_id,
+                              accept=True, note="repaired"), "ok")
+    assert sql1("SELECT status || ' ' || (closed_at IS NOT NULL) FROM "
+                "incidents WHERE incident_id = %d" % d.incident_id) == \
+        "closed true", "the department's big matter was not closed"
     civil.close()
     urban.close()
 
