@@ -492,10 +492,11 @@ def check_prober(p, quiet, what):
     assert len(p.lat) >= 10, "%s: only %d pings answered" % (what,
                                                               len(p.lat))
     p99 = pct(p.lat, 99)
-    # An order of magnitude of the 20 ms ping target (issue 8), or of the
-    # quiet figure on a machine slower than that: a loaded 2-core CI
-    # machine running sanitizer builds must not fail a latency test.
-    bound = max(10 * quiet, 0.2)
+    # An order of magnitude of the 20 ms ping target, or of the quiet
+    # figure on a machine slower than that; sanitizer builds run several
+    # times slower, so they get a wider floor.
+    floor = 1.0 if harness.sanitized(harness.GRIDD_BIN) else 0.2
+    bound = max(10 * quiet, floor)
     assert p99 <= bound, "%s: ping p99 %.1f ms > %.1f ms (quiet %.1f ms)" % (
         what, p99 * 1000, bound * 1000, quiet * 1000)
     return p99
