@@ -154,7 +154,9 @@ struct feed_req {
 	bool solo;		/* retried alone after its group failed */
 	int retries;		/* alone, after a conflict with another process */
 	char source[CONN_PRINCIPAL_MAX + 1];
-	size_t n;
+	size_t n;		/* items in the request: its weight in the
+				 * queue and in a group, since refusals are
+				 * recorded by the same statement */
 	size_t n_sql;		/* items sent to the SQL */
 	size_t n_rej;		/* refusals recorded by the SQL */
 	size_t row0;		/* its first row in the transaction's result */
@@ -170,7 +172,8 @@ TAILQ_HEAD(feed_queue, feed_req);
 struct feed_group {
 	struct feed_req **reqs;
 	size_t n;
-	size_t items;
+	size_t items;		/* result rows: the requests' n_sql */
+	size_t weight;		/* the requests' n, against the cap */
 	int64_t started;
 };
 
@@ -525,7 +528,7 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				g->reqs[i]->retries++;
 			g->reqs[i]->solo = true;
 			TAILQ_INSERT_HEAD(&fq.queue, g->reqs[i], entry);
-			fq.queued_items += g->reqs[i]->n_sql;
+			fq.queued_items += g->reqs[i]->n;
 		}
 		group_free(g);
 		feed_flush();
@@ -689,15 +692,16 @@ feed_flush(void)
 		return;
 	g = xcalloc(1, sizeof(*g));
 	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
-		if (g->n > 0 && (r->solo || g->items + r->n_sql > cap ||
+		if (g->n > 0 && (r->solo || g->weight + r->n > cap ||
 		    group_overlaps(g, r)))
 			break;
 		TAILQ_REMOVE(&fq.queue, r, entry);
-		fq.queued_items -= r->n_sql;
+		fq.queued_items -= r->n;
 		g->reqs = xreallocarray(g->reqs, g->n + 1, sizeof(*g->reqs));
 		g->reqs[g->n++] = r;
 		r->row0 = g->items;
 		g->items += r->n_sql;
+		g->weight += r->n;
 		if (r->solo)
 			break;
 	}
@@ -895,8 +899,10 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		req_free(r);
 		return;
 	}
+	/* Every item counts, refused ones too: a client pipelining pushes
+	 * that are all refused still fills the queue and the statement. */
 	TAILQ_INSERT_TAIL(&fq.queue, r, entry);
-	fq.queued_items += r->n_sql;
+	fq.queued_items += r->n;
 	feed_flush();
 }
 
