@@ -85,6 +85,7 @@ static struct {
 	int inflight;			/* dispatch statements in flight */
 
 	bool scan_busy, scan_again;
+	int64_t scan_due;		/* mono_ms scan_ev is armed for, 0 none */
 	bool timers_busy, timers_again;
 	bool timers_locked;	/* a due timer's row was held elsewhere */
 	int64_t timer_due;		/* mono_ms timer_ev is armed for, 0 none */
@@ -315,16 +316,35 @@ timer_arm(int64_t delay_ms)
 
 /* ---- acting on result rows ----------------------------------------------- */
 
+/*
+ * Makes sure the scan runs within delay_ms. A pending scan is only ever
+ * brought forward: re-adding the event would push it back, and a steady
+ * trickle of retries would then postpone the scan for good.
+ */
+static void
+scan_arm(int64_t delay_ms)
+{
+	int64_t due = mono_ms() + delay_ms;
+	struct timeval tv;
+
+	if (!d.running || gridd.stopping)
+		return;
+	if (d.scan_due != 0 && d.scan_due <= due)
+		return;
+	d.scan_due = due;
+	tv.tv_sec = (time_t)(delay_ms / 1000);
+	tv.tv_usec = (suseconds_t)(delay_ms % 1000) * 1000;
+	evtimer_add(d.scan_ev, &tv);
+}
+
 static void
 retry_soon(void)
 {
-	struct timeval tv = { 0, DISP_RETRY_MS * 1000 };
-
 	d.retries++;
-	if (d.running && !gridd.stopping && !d.scan_busy)
-		evtimer_add(d.scan_ev, &tv);
-	else
+	if (d.scan_busy)
 		d.scan_again = true;
+	else
+		scan_arm(DISP_RETRY_MS);
 }
 
 static enum shortfall
@@ -830,15 +850,10 @@ scan_done_cb(void *arg, const struct db_res *res)
 	if (!d.running || gridd.stopping)
 		return;
 	if (more || d.scan_again) {
-		struct timeval tv = { 0, more ? 0 : DISP_RETRY_MS * 1000 };
-
 		d.scan_again = false;
-		evtimer_add(d.scan_ev, &tv);
-	} else {
-		struct timeval tv = { gridd.cfg->scan_interval_s, 0 };
-
-		evtimer_add(d.scan_ev, &tv);
-	}
+		scan_arm(more ? 0 : DISP_RETRY_MS);
+	} else
+		scan_arm((int64_t)gridd.cfg->scan_interval_s * 1000);
 }
 
 static void
@@ -861,9 +876,7 @@ scan_start(void)
 	if (!db_query(gridd.db, "SELECT " ROW_COLS " FROM"
 	    " gridd_dispatch_scan($1::int, $2::int, $3::int, $4::int,"
 	    " $5::int, $6)", 1 + DISP_N_SETTINGS, params, scan_done_cb, NULL)) {
-		struct timeval tv = { 1, 0 };
-
-		evtimer_add(d.scan_ev, &tv);
+		scan_arm(1000);
 		return;
 	}
 	d.scan_busy = true;
@@ -875,6 +888,7 @@ scan_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(fd);
 	UNUSED(what);
 	UNUSED(arg);
+	d.scan_due = 0;
 	scan_start();
 	/* The timer loop's own safety net rides on the scan. */
 	timer_arm((int64_t)gridd.cfg->scan_interval_s * 1000);
@@ -889,7 +903,7 @@ disp_kick(void)
 		d.scan_again = true;
 		return;
 	}
-	event_active(d.scan_ev, EV_TIMEOUT, 0);
+	scan_arm(0);
 }
 
 /* ---- the timer loop -------------------------------------------------------- */
@@ -1182,6 +1196,7 @@ disp_shutdown(void)
 	if (d.timer_ev != NULL)
 		event_free(d.timer_ev);
 	d.flush_ev = d.scan_ev = d.timer_ev = NULL;
+	d.scan_due = d.timer_due = 0;
 	free(d.pending);
 	d.pending = NULL;
 	d.npending = 0;

@@ -17,6 +17,12 @@
  * drained.  Memory per subscriber is therefore one page plus what the
  * socket holds, however far behind it is.
  *
+ * Events pending (gridd_subscriber_events_pending): for each subscriber,
+ * its department's newest dept_seq minus the last one sent.  The newest is
+ * what a read that caught up saw, or what the periodic head query read
+ * (every EVENTS_RESCAN_MS), so the gauge lags by at most that; a stalled
+ * subscriber's backlog is exactly the figure operators need.
+ *
  * Subscriptions hold no reference to their connection: they find it by
  * (department, connection id) when there is something to send, and drop
  * themselves when it is gone.  A NOTIFY lost while the listening connection
@@ -31,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "config.h"
@@ -59,6 +66,7 @@ struct sub {
 	uint64_t conn_id;
 	char dept[CONN_PRINCIPAL_MAX + 1];
 	uint64_t last;		/* last dept_seq sent */
+	uint64_t head;		/* newest dept_seq known to exist */
 	uint64_t gen;		/* bumped by a new Subscribe on the conn */
 	enum sub_state state;
 	bool dirty;		/* notified while a read was in flight */
@@ -78,6 +86,7 @@ static struct {
 	size_t n;
 	struct event *timer;
 	int64_t last_rescan;
+	bool heads_busy;		/* the head query is in flight */
 	uint64_t pushed;
 	uint64_t stalls;
 	uint64_t fetches;
@@ -273,6 +282,8 @@ fetch_cb(void *arg, const struct db_res *res)
 		send_row(c, res, i, (uint64_t)seq);
 		s->last = (uint64_t)seq;
 	}
+	if (s->head < s->last)
+		s->head = s->last;
 	sub_next(s, c, rows >= gridd.cfg->subscribe_page);
 }
 
@@ -295,6 +306,71 @@ notify_cb(void *arg, const char *channel, const char *payload)
 	}
 }
 
+/* ---- the pending gauge ----------------------------------------------- */
+
+static void
+heads_cb(void *arg, const struct db_res *res)
+{
+	struct sub *s;
+
+	UNUSED(arg);
+	ev.heads_busy = false;
+	if (db_res_status(res) != DB_OK)
+		return;		/* the gauge keeps its last figure */
+	for (int i = 0; i < db_res_rows(res); i++) {
+		const char *dept = db_res_get(res, i, 0);
+		int64_t head;
+
+		if (!db_res_int64(res, i, 1, &head) || head <= 0)
+			continue;
+		LIST_FOREACH(s, &ev.subs, entry)
+			if (strcmp(s->dept, dept) == 0 &&
+			    s->head < (uint64_t)head)
+				s->head = (uint64_t)head;
+	}
+}
+
+/* Reads the newest dept_seq of every subscribed department, in one
+ * statement: an array literal of the distinct departments. */
+static void
+heads_start(void)
+{
+	struct evbuffer *b;
+	struct sub *s, *t;
+	const char *params[1];
+	bool first = true;
+
+	if (ev.heads_busy || gridd.db == NULL || LIST_EMPTY(&ev.subs))
+		return;
+	b = evbuffer_new();
+	if (b == NULL)
+		return;
+	evbuffer_add(b, "{", 1);
+	LIST_FOREACH(s, &ev.subs, entry) {
+		for (t = LIST_FIRST(&ev.subs); t != s;
+		    t = LIST_NEXT(t, entry))
+			if (strcmp(t->dept, s->dept) == 0)
+				break;
+		if (t != s)
+			continue;	/* listed already */
+		/* Quoted: principals are [A-Za-z0-9_.-], but "NULL" unquoted
+		 * would be an SQL NULL in an array literal. */
+		evbuffer_add_printf(b, "%s\"%s\"", first ? "" : ",", s->dept);
+		first = false;
+	}
+	evbuffer_add(b, "}", 2);	/* with the NUL */
+	params[0] = (const char *)evbuffer_pullup(b, -1);
+	if (params[0] == NULL) {
+		evbuffer_free(b);
+		return;
+	}
+	if (db_query(gridd.db, "SELECT d, (SELECT max(e.dept_seq) FROM events e"
+	    " WHERE e.department_id = d) FROM unnest($1::text[]) d",
+	    1, params, heads_cb, NULL))
+		ev.heads_busy = true;
+	evbuffer_free(b);
+}
+
 static void
 poll_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -305,8 +381,10 @@ poll_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(fd);
 	UNUSED(what);
 	UNUSED(arg);
-	if (rescan)
+	if (rescan) {
 		ev.last_rescan = now;
+		heads_start();
+	}
 	for (s = LIST_FIRST(&ev.subs); s != NULL; s = next) {
 		next = LIST_NEXT(s, entry);
 		if (s->state == SUB_FETCHING)
@@ -367,17 +445,26 @@ static void
 events_metrics_cb(struct evbuffer *out)
 {
 	size_t stalled = 0;
+	uint64_t pending = 0;
 	struct sub *s;
 
-	LIST_FOREACH(s, &ev.subs, entry)
+	LIST_FOREACH(s, &ev.subs, entry) {
 		if (s->state == SUB_STALLED)
 			stalled++;
+		if (s->head > s->last)
+			pending += s->head - s->last;
+	}
 	metrics_family(out, "gridd_subscribers", "gauge",
 	    "Department subscriptions, and those stalled on a slow reader.");
 	metrics_sample(out, "gridd_subscribers", "state=\"all\"",
 	    (double)ev.n);
 	metrics_sample(out, "gridd_subscribers", "state=\"stalled\"",
 	    (double)stalled);
+	metrics_family(out, "gridd_subscriber_events_pending", "gauge",
+	    "Events committed for subscribed departments and not yet sent "
+	    "to their subscribers here (refreshed every few seconds).");
+	metrics_sample(out, "gridd_subscriber_events_pending", NULL,
+	    (double)pending);
 	metrics_family(out, "gridd_incident_updates_total", "counter",
 	    "IncidentUpdate pushes sent to subscribers.");
 	metrics_sample(out, "gridd_incident_updates_total", NULL,

@@ -68,7 +68,8 @@ def tmpdir():
     global _tmpdir
     if _tmpdir is None:
         _tmpdir = tempfile.mkdtemp(prefix="gridd-it-")
-        atexit.register(shutil.rmtree, _tmpdir, True)
+        if not os.environ.get("GRIDD_TEST_KEEP"):
+            atexit.register(shutil.rmtree, _tmpdir, True)
     return _tmpdir
 
 

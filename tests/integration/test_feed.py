@@ -9,7 +9,9 @@ daemon has migrated the schema. Each test uses its own spots on the map
 depends on another.
 """
 
+import itertools
 import os
+import socket
 import sys
 import time
 
@@ -627,6 +629,104 @@ def test_metrics_count_outcomes():
             if x.startswith('gridd_incidents_total{outcome="rejected",'
                             'reason="negative_list"}')][0]
     assert float(line.split()[-1]) >= 1, line
+
+
+def metric(port, name, **labels):
+    """One sample of gridd's /metrics, by name and labels (0 if absent)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                  timeout=5).read().decode()
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == name and smp.labels == labels:
+                return smp.value
+    return 0.0
+
+
+def test_metrics_show_events_pending_for_a_stalled_subscriber():
+    """A second gridd on the same database with a tiny output bound: its
+    subscriber never reads, so it stalls, and /metrics shows how many
+    events wait for it; once it reads, the figure goes back to 0."""
+    daemon()
+    cfg = harness.write_config(harness.tmppath("feed-slow.conf"),
+                               dbname=_cfg.dbname,
+                               server__max_output_bytes="4096",
+                               server__output_stall_timeout_s="120",
+                               dispatch__merge_window_s="0")
+    slow_gridd = harness.Gridd(cfg, name="feed-slow").start()
+    try:
+        sock = socket.socket()
+        # A small window and a small segment size keep the kernel's
+        # buffers on both sides small (on loopback the sender's buffer is
+        # sized from the segment size), so the daemon's own bound is
+        # reached after a few thousand events.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        sock.settimeout(20)
+        sock.connect(cfg.addr)
+        slow = harness.Client.__new__(harness.Client)
+        slow.sock, slow.buf, slow.timeout = sock, b"", 20
+        slow.ids, slow.pushes, slow.replies = \
+            itertools.count(1), [], {}
+        rep = expect_body(slow.login("DEPARTMENT", "urban",
+                                     harness.DEPARTMENTS["urban"][1]),
+                          "login_reply")
+        expect_body(slow.request("subscribe", since_seq=rep.last_seq), "ok")
+        # Pushed through the slow daemon, which merges nothing: an event
+        # for every item.
+        pusher = harness.Client(cfg.addr, timeout=60)
+        expect_body(pusher.login("DEPARTMENT", "urban",
+                                 harness.DEPARTMENTS["urban"][1]),
+                    "login_reply")
+        # Push until the subscriber's unsent output passes its bound
+        # (the kernel's socket buffers take the first part).
+        n = 0
+        deadline = time.monotonic() + 120
+
+        def push_some():
+            items = [item("pend-%d" % (n + i), "CG01",
+                          9.5001 + ((n + i) % 199) * 0.0001,
+                          47.1101 + ((n + i) // 199 % 80) * 0.0001)
+                     for i in range(500)]
+            push(pusher, items, timeout=60)
+            return len(items)
+
+        while metric(cfg.http_port, "gridd_subscribers",
+                     state="stalled") < 1:
+            assert time.monotonic() < deadline, "subscriber never stalled"
+            n += push_some()
+        # These wait behind the stall.
+        n += push_some()
+        # The head query runs every few seconds.
+        pending = 0
+        deadline = time.monotonic() + 20
+        while pending <= 0 and time.monotonic() < deadline:
+            pending = metric(cfg.http_port,
+                             "gridd_subscriber_events_pending")
+            time.sleep(0.5)
+        assert pending > 0, "no events pending for a stalled subscriber"
+        head = int(sql1("SELECT max(dept_seq) FROM events WHERE "
+                        "department_id = 'urban'"))
+        assert pending <= head - rep.last_seq, (pending, head, rep.last_seq)
+        # It reads now: everything arrives, gap-free, and nothing is
+        # pending any more.
+        got = []
+        while not got or got[-1].seq < head:
+            env = slow.recv_push(timeout=30)
+            if harness.body(env) == "incident_update":
+                got.append(env.incident_update)
+        assert_gap_free(got, rep.last_seq)
+        deadline = time.monotonic() + 20
+        while metric(cfg.http_port, "gridd_subscriber_events_pending") > 0:
+            assert time.monotonic() < deadline, "events still pending"
+            time.sleep(0.5)
+        print("   stalled subscriber after %d items: %d events pending"
+              % (n, pending))
+        pusher.close()
+        slow.close()
+    finally:
+        slow_gridd.stop()
 
 
 def test_grid_change_is_seen_by_the_next_push():
