@@ -254,8 +254,9 @@ static const char SQL_GRIDD[] =
     " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
     " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
     " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
-    " $28::text[], $29::text[])";
-#define GRIDD_NPARAMS	29
+    " $28::text[], $29::text[], $30::text[], $31::float8[],"
+    " $32::float8[])";
+#define GRIDD_NPARAMS	32
 #define GRIDD_NARRAYS	20	/* $4 .. $23 */
 
 /* Where a baseline point lies, as the daemon would send it. */
@@ -529,7 +530,7 @@ base_thread_main(void *arg)
 			for (int k = 0; k < GRIDD_NARRAYS; k++)
 				params[3 + k] = a[k].s;
 			for (int k = 3 + GRIDD_NARRAYS; k < GRIDD_NPARAMS; k++)
-				params[k] = "{}";	/* no refusals */
+				params[k] = "{}";	/* no refusals or owners */
 			np = GRIDD_NPARAMS;
 		} else {
 			for (int k = 0; k < 5; k++)

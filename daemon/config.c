@@ -259,6 +259,10 @@ static const struct key_def keys[] = {
 	    "private to referral"),
 	KT("guidance", CFG_T_TEXT, guidance, NULL, 0, 0, 0,
 	    "text sent with a referral"),
+	KT("department", CFG_T_STRING, department, NULL, 0, 0, 0,
+	    "owns (on the assist list: funds) the incidents grid workers "
+	    "report of this type; unset = workers may not report a big "
+	    "matter of it"),
 };
 
 #undef S
@@ -1311,6 +1315,7 @@ finish_sections(struct parser *p)
 {
 	struct cfg *cfg = p->cfg;
 	size_t kroute = key_index(SEC_TASK_TYPE, "route");
+	size_t kowner = key_index(SEC_TASK_TYPE, "department");
 	size_t kkey = key_index(SEC_DEPARTMENT, "key_sha256");
 	char kname[256];
 
@@ -1323,7 +1328,20 @@ finish_sections(struct parser *p)
 	}
 	for (size_t i = 0; i < cfg->n_task_types; i++) {
 		struct cfg_task_type *t = &cfg->task_types[i];
+		size_t j;
 
+		for (j = 0; t->department != NULL &&
+		    j < cfg->n_departments; j++)
+			if (strcmp(cfg->departments[j].id, t->department) == 0)
+				break;
+		if (t->department != NULL && j == cfg->n_departments) {
+			snprintf(kname, sizeof(kname), "task_type.%s.department",
+			    t->name);
+			add_error(p, abs(p->inst[SEC_TASK_TYPE][i].seen[kowner]),
+			    kname, "department '%s' is not defined (no "
+			    "[department.%s] section)", t->department,
+			    t->department);
+		}
 		if (p->inst[SEC_TASK_TYPE][i].seen[kroute] != 0)
 			continue;
 		switch (t->matter) {
@@ -1564,6 +1582,7 @@ cfg_free(struct cfg *cfg)
 	for (size_t i = 0; i < cfg->n_task_types; i++) {
 		free(cfg->task_types[i].name);
 		free(cfg->task_types[i].guidance);
+		free(cfg->task_types[i].department);
 	}
 	free(cfg->task_types);
 	free(cfg);

@@ -86,6 +86,7 @@ struct cfg_task_type {
 	int sla_minutes;
 	enum cfg_route route;
 	char *guidance;		/* may be NULL */
+	char *department;	/* owner of workers' reports; may be NULL */
 };
 
 struct cfg {

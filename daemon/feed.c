@@ -64,6 +64,7 @@ enum fr {
 	FR_EXT, FR_CAT, FR_TT, FR_LIST, FR_MATTER, FR_ROUTE, FR_SLA, FR_NOTE,
 	FR_SEV, FR_OCC, FR_LON, FR_LAT, FR_CODE, FR_BLDG, FR_ADDR, FR_DESC,
 	FR_REJ_EXT, FR_REJ_CAT, FR_REJ_TT, FR_REJ_REASON,
+	FR_OWNER, FR_REJ_LON, FR_REJ_LAT,
 	FR_N
 };
 
@@ -74,7 +75,7 @@ enum fg {
 	FG_ROUTE, FG_SLA, FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_COMM,
 	FG_CELL, FG_CODE, FG_BLDG, FG_ADDR, FG_DESC,
 	FG_REJ_KIND, FG_REJ_SOURCE, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
-	FG_REJ_REASON,
+	FG_REJ_REASON, FG_OWNER, FG_REJ_LON, FG_REJ_LAT,
 	FG_N
 };
 
@@ -86,7 +87,8 @@ static const char feed_sql[] =
     " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
     " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
     " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
-    " $28::text[], $29::text[])";
+    " $28::text[], $29::text[], $30::text[], $31::float8[],"
+    " $32::float8[])";
 
 /* A request retried alone that still meets a deadlock, a serialisation
  * failure or a unique violation (another process storing the same ext_id
@@ -624,7 +626,7 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 		FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER, FG_ROUTE, FG_SLA,
 		FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_CODE, FG_BLDG,
 		FG_ADDR, FG_DESC, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
-		FG_REJ_REASON,
+		FG_REJ_REASON, FG_OWNER, FG_REJ_LON, FG_REJ_LAT,
 	};
 	struct sbuf a[FG_N];
 	const char *params[FG_N];
@@ -741,12 +743,26 @@ arrays_open(struct arrays *ar)
 
 static void
 record_refusal(struct feed_req *r, struct arrays *ar, const char *ext,
-    const char *cat, const char *tt, enum triage_refusal why)
+    const char *cat, const char *tt, const struct triage_item *it,
+    enum triage_refusal why)
 {
+	char num[32];
+
 	sb_elem_str(&ar->a[FR_REJ_EXT], ext);
 	sb_elem_str(&ar->a[FR_REJ_CAT], cat);
 	sb_elem_str(&ar->a[FR_REJ_TT], tt);
 	sb_elem_str(&ar->a[FR_REJ_REASON], triage_refusal_name(why));
+	/* The point of a valid item, so that the refusal counts for the
+	 * community it is in (the burden report's per-community view). */
+	if (it != NULL && it->has_point) {
+		snprintf(num, sizeof(num), "%.17g", it->lon);
+		sb_elem_str(&ar->a[FR_REJ_LON], num);
+		snprintf(num, sizeof(num), "%.17g", it->lat);
+		sb_elem_str(&ar->a[FR_REJ_LAT], num);
+	} else {
+		sb_elem_str(&ar->a[FR_REJ_LON], NULL);
+		sb_elem_str(&ar->a[FR_REJ_LAT], NULL);
+	}
 	r->n_rej++;
 }
 
@@ -827,7 +843,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		    TRIAGE_FROM_DEPARTMENT, &lim, now, &it, msg, sizeof(msg))) {
 			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
 			    FC_REJ_INVALID, "%s", msg);
-			record_refusal(r, &ar, ext_ok, cat_ok, NULL,
+			record_refusal(r, &ar, ext_ok, cat_ok, NULL, NULL,
 			    TRIAGE_INVALID);
 			continue;
 		}
@@ -842,10 +858,11 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			    GRIDD__V1__ERROR_CODE__REJECTED_NEGATIVE_LIST :
 			    GRIDD__V1__ERROR_CODE__BAD_REQUEST,
 			    d.refusal == TRIAGE_NEGATIVE_LIST ?
-			    FC_REJ_NEGATIVE_LIST : FC_REJ_UNKNOWN_CATEGORY,
-			    "%s", d.message);
+			    FC_REJ_NEGATIVE_LIST :
+			    d.refusal == TRIAGE_NO_OWNER ? FC_REJ_INVALID :
+			    FC_REJ_UNKNOWN_CATEGORY, "%s", d.message);
 			record_refusal(r, &ar, ext_ok, cat_ok, s->task_type,
-			    d.refusal);
+			    &it, d.refusal);
 			continue;
 		}
 		/* A valid ext_id is clean: s->ext_id is the pushed one. */
@@ -888,6 +905,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		sb_elem_str(&ar.a[FR_BLDG], it.building_id);
 		sb_elem_str(&ar.a[FR_ADDR], it.address);
 		sb_elem_str(&ar.a[FR_DESC], it.description);
+		sb_elem_str(&ar.a[FR_OWNER], d.owner);
 	}
 	for (int i = 0; i < FR_N; i++)
 		r->frag[i] = ar.a[i].p;

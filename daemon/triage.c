@@ -19,6 +19,8 @@ triage_refusal_name(enum triage_refusal r)
 		return "unknown_category";
 	case TRIAGE_NEGATIVE_LIST:
 		return "negative_list";
+	case TRIAGE_NO_OWNER:
+		return "invalid";
 	}
 	return "invalid";
 }
@@ -179,6 +181,24 @@ triage_classify(const struct cfg *cfg, const struct cfg_department *dept,
 		    "negative list (负面事项): %s must not be pushed onto "
 		    "communities", tt->name);
 		return;
+	}
+	/*
+	 * A department's push is owned by that department.  A grid worker's
+	 * patrol report is owned by the department its task type names (the
+	 * one answering for such matters in this city); a big matter goes
+	 * back to a department, so one without a named department has
+	 * nowhere to go and is refused rather than left for nobody.
+	 */
+	if (dept == NULL) {
+		out->owner = tt->department;
+		if (tt->route == CFG_ROUTE_DEPARTMENT && tt->department == NULL) {
+			out->refusal = TRIAGE_NO_OWNER;
+			snprintf(out->message, sizeof(out->message),
+			    "%s is a big matter (大事) for a department, and "
+			    "[task_type.%s] names no department to refer a "
+			    "worker's report to", tt->name, tt->name);
+			return;
+		}
 	}
 	switch (tt->route) {
 	case CFG_ROUTE_WORKER:

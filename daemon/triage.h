@@ -39,6 +39,7 @@ enum triage_refusal {
 	TRIAGE_INVALID,			/* BAD_REQUEST */
 	TRIAGE_UNKNOWN_CATEGORY,	/* BAD_REQUEST */
 	TRIAGE_NEGATIVE_LIST,		/* REJECTED_NEGATIVE_LIST */
+	TRIAGE_NO_OWNER,		/* BAD_REQUEST; recorded as invalid */
 };
 
 struct triage_limits {
@@ -64,10 +65,12 @@ struct triage_item {
 /* What the config says about an item that passed. */
 struct triage_decision {
 	enum triage_refusal refusal;
-	const struct cfg_task_type *task_type;	/* NULL when refused */
+	const struct cfg_task_type *task_type;	/* NULL: unknown category */
 	const char *status;	/* first status: "new" or "referred" */
 	bool sla;		/* tracked with the task type's SLA */
 	const char *note;	/* first event's note (guidance for referrals) */
+	const char *owner;	/* a worker's report: the task type's
+				 * department, NULL when it names none */
 	char message[TRIAGE_MSG_MAX];	/* refusal reason, for PushResult */
 };
 

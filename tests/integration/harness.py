@@ -240,8 +240,12 @@ TASK_TYPES = {
                             sla_minutes="2880", route="worker"),
     "elderly_visit": dict(list="assist", matter="small",
                           sla_minutes="1440", route="worker"),
+    # Workers' reports of road damage go to urban management; of flood
+    # risks, to nobody (refused).
     "road_damage": dict(list="assist", matter="big",
-                        sla_minutes="720", route="department"),
+                        sla_minutes="720", route="department",
+                        department="urban"),
+    "flood_risk": dict(list="assist", matter="big", sla_minutes="360"),
     "enterprise_safety_check": dict(list="negative", matter="big",
                                     sla_minutes="1440", route="department"),
     "residence_certificate": dict(list="certificate", matter="small",

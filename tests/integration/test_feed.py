@@ -397,6 +397,51 @@ def test_worker_report_follows_the_same_path():
         x.close()
 
 
+def test_worker_report_of_a_big_matter_goes_to_its_department():
+    admin = harness.Client(daemon().addr)
+    harness.login_admin(admin)
+    expect_body(admin.request("upsert_worker", worker_id="w-big",
+                              name="Patrol", password="patrol-password-2",
+                              community_id="C1", cell_ids=["C1-001"]), "ok")
+    w = harness.Client(daemon().addr)
+    expect_body(w.login("WORKER", "w-big", "patrol-password-2"),
+                "login_reply")
+    urban, login = dept_client("urban")
+    expect_body(urban.request("subscribe", since_seq=login.last_seq), "ok")
+    lon, lat = spot(7, 4)
+    # road_damage names urban: referred to it, owned and funded by it
+    # (assist work), and urban hears of it.
+    rep = w.request("report_incident", pb.ReportIncident(
+        incident=item("patrol-big-1", "road_damage", lon, lat)))
+    (r,) = expect_body(rep, "push_incidents_reply").results
+    assert_outcome(r, "ACCEPTED")
+    row = sql("SELECT status, route, owner_department, funder_department, "
+              "array_to_string(departments, ',') FROM incidents "
+              "WHERE incident_id = %d" % r.incident_id)
+    assert row == [["referred", "department", "urban", "urban", "urban"]], row
+    got = collect_updates(urban, [""])
+    mine = [u for u in got if u.incident_id == r.incident_id]
+    assert mine and mine[0].status == \
+        pb.IncidentUpdate.Status.Value("REFERRED"), got
+    assert_gap_free(got, login.last_seq)
+    # Urban closes it once dealt with, as with its own referrals.
+    expect_body(urban.request("verify_incident", incident_id=r.incident_id,
+                              accept=True, note="repaired"), "ok")
+    assert sql1("SELECT status FROM incidents WHERE incident_id = %d"
+                % r.incident_id) == "closed"
+    # flood_risk names no department: nowhere to refer it.
+    rep = w.request("report_incident", pb.ReportIncident(
+        incident=item("patrol-big-2", "flood_risk", lon, lat)))
+    (r2,) = expect_body(rep, "push_incidents_reply").results
+    assert_outcome(r2, "REJECTED", "BAD_REQUEST")
+    assert "[task_type.flood_risk]" in r2.message, r2.message
+    assert sql("SELECT reason, community_id FROM rejections WHERE "
+               "source_kind = 'worker' AND ext_id = 'patrol-big-2'") == \
+        [["invalid", "C1"]]
+    for x in (admin, w, urban):
+        x.close()
+
+
 # ---- subscriptions --------------------------------------------------------------
 
 def collect_updates(c, want, timeout=10):

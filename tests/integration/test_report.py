@@ -187,15 +187,13 @@ def expected(community=None):
     """The report the test expects, from its own plan."""
     plan = _state["plan"]
     depts = {}
-    # The feed refuses an item before it locates it, so a refused item
-    # belongs to a community only when its rejection row says so.
-    located = {r[0]: r[1] for r in harness.psql(
-        "SELECT ext_id, coalesce(community_id, '') FROM rejections",
-        _state["db"])}
+    # A refused item counts for the community its point is in; an
+    # invalid item (not placed) and one outside every community for none.
     for ext, p in plan.items():
         where = p["community"]
-        if p["outcome"] == "REJECTED":
-            where = located.get(ext) or None
+        if p["outcome"] == "REJECTED" and p["reason"] in ("invalid",
+                                                          "outside"):
+            where = None
         if community is not None and where != community:
             continue
         d = depts.setdefault(p["dept"], dict(

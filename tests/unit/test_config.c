@@ -509,6 +509,30 @@ test_category_undefined(void **state)
 }
 
 static void
+test_task_type_department(void **state)
+{
+	struct cfg *cfg;
+
+	(void)state;
+	/* The department answering for workers' reports must exist. */
+	expect_error(BASE "[department.d]\n"
+	    "[task_type.building_safety]\nlist = assist\nmatter = big\n"
+	    "department = nobody\n", "task_type.building_safety.department",
+	    9, "'nobody' is not defined");
+	cfg = expect_ok(BASE "[task_type.building_safety]\nlist = assist\n"
+	    "matter = big\ndepartment = d\n[department.d]\n");
+	assert_string_equal(cfg_task_type(cfg, "building_safety")->department,
+	    "d");
+	assert_int_equal(cfg_task_type(cfg, "building_safety")->route,
+	    CFG_ROUTE_DEPARTMENT);
+	cfg_free(cfg);
+	cfg = expect_ok(BASE "[task_type.t]\nlist = autonomy\n"
+	    "matter = small\n");
+	assert_null(cfg_task_type(cfg, "t")->department);
+	cfg_free(cfg);
+}
+
+static void
 test_listen(void **state)
 {
 	struct cfg *cfg;
@@ -919,6 +943,7 @@ main(void)
 		cmocka_unit_test(test_duplicates),
 		cmocka_unit_test(test_cross_checks),
 		cmocka_unit_test(test_category_undefined),
+		cmocka_unit_test(test_task_type_department),
 		cmocka_unit_test(test_listen),
 		cmocka_unit_test(test_community_inheritance),
 		cmocka_unit_test(test_error_lines),

@@ -35,7 +35,9 @@ static const char conf[] =
     "sla_minutes = 600\nroute = referral\n"
     "guidance = Mediation by the residents' committee\n"
     "[task_type.quiet_referral]\nlist = autonomy\nmatter = private\n"
-    "route = referral\n";
+    "route = referral\n"
+    "[task_type.building_safety]\nlist = assist\nmatter = big\n"
+    "department = civil\n";
 
 static const struct triage_limits lim = {
 	.max_future_ms = 600 * 1000,
@@ -245,8 +247,33 @@ test_classify_routes(void **state)
 	/* A worker's report names the unified task type itself. */
 	triage_classify(cfg, NULL, "elderly_visit", &d);
 	assert_int_equal(d.refusal, TRIAGE_PASS);
+	assert_null(d.owner);
 	triage_classify(cfg, NULL, "MZ01", &d);
 	assert_int_equal(d.refusal, TRIAGE_UNKNOWN_CATEGORY);
+	/* A department's push is its own, whatever the task type names. */
+	triage_classify(cfg, civil, "MZ07", &d);
+	assert_null(d.owner);
+	cfg_free(cfg);
+}
+
+static void
+test_worker_reports_of_big_matters(void **state)
+{
+	struct cfg *cfg = load();
+	struct triage_decision d;
+
+	(void)state;
+	/* Referred to the department the task type names. */
+	triage_classify(cfg, NULL, "building_safety", &d);
+	assert_int_equal(d.refusal, TRIAGE_PASS);
+	assert_string_equal(d.status, "referred");
+	assert_string_equal(d.owner, "civil");
+	/* No department named: nowhere to refer it, refused as invalid. */
+	triage_classify(cfg, NULL, "road_damage", &d);
+	assert_int_equal(d.refusal, TRIAGE_NO_OWNER);
+	assert_string_equal(d.task_type->name, "road_damage");
+	assert_non_null(strstr(d.message, "[task_type.road_damage]"));
+	assert_string_equal(triage_refusal_name(d.refusal), "invalid");
 	cfg_free(cfg);
 }
 
@@ -258,6 +285,7 @@ main(void)
 		cmocka_unit_test(test_each_bound_names_its_field),
 		cmocka_unit_test(test_location_alternatives),
 		cmocka_unit_test(test_utf8_counts_characters),
+		cmocka_unit_test(test_worker_reports_of_big_matters),
 		cmocka_unit_test(test_classify_routes),
 	};
 
