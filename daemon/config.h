@@ -141,6 +141,7 @@ struct cfg {
 	int push_max_future_s;		/* occurred_at at most this far ahead */
 	int push_max_age_days;		/* and at most this far back */
 	int group_commit_max_items;	/* items per ingest transaction */
+	int group_commit_parallel;	/* ingest transactions in flight */
 	int push_queue_max_items;	/* items waiting for a transaction */
 	int subscribe_page;		/* events fetched per subscriber query */
 	int checkin_max_age_s;

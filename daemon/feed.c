@@ -12,17 +12,21 @@
  * timers and notifies dispatch, set-based, for every request of the
  * transaction at once.
  *
- * Group commit.  At most one ingest transaction per process is in flight.
- * Requests that arrive meanwhile wait in a FIFO; when the transaction ends,
- * as many of them as fit in group_commit_max_items go together, their items
- * concatenated in request order into one statement (BEGIN, the call,
- * COMMIT): one round trip, one plan and one WAL flush for all of them.
- * Items of a later request merge into earlier requests' new incidents as
- * within one request.  Two requests that share a (source, ext_id) never go
- * together (the later one waits for the next transaction and reads
- * DUPLICATE), so every key of a call is distinct.  One in flight keeps
- * merges within a process strictly ordered; processes sharing a database
- * serialise merges with advisory locks per (task type, tile) in the SQL.
+ * Group commit.  At most group_commit_parallel ingest transactions per
+ * process are in flight (two by default: one executes while the other
+ * waits for its commit's WAL flush, which on a real disk is much of a
+ * transaction's time).  Requests that arrive meanwhile wait in a FIFO;
+ * when a transaction ends, as many of them as fit in
+ * group_commit_max_items go together, their items concatenated in request
+ * order into one statement (BEGIN, the call, COMMIT): one round trip, one
+ * plan and one WAL flush for all of them.  Items of a later request merge
+ * into earlier requests' new incidents as within one request.  Two
+ * requests that share a (source, ext_id) never go together nor run at the
+ * same time (the later one waits until the first has committed and reads
+ * DUPLICATE), so every key of a call is distinct and no two transactions
+ * race for one key.  Concurrent transactions, of this process or of
+ * others sharing the database, serialise their merges with advisory locks
+ * per (task type, tile) taken in key order in the SQL.
  *
  * Durability point.  A request's reply is built only in the batch callback,
  * and db.c reports DB_OK there only after COMMIT succeeded, i.e. after
@@ -177,12 +181,16 @@ struct feed_group {
 	size_t items;		/* result rows: the requests' n_sql */
 	size_t weight;		/* the requests' n, against the cap */
 	int64_t started;
+	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
 };
+
+TAILQ_HEAD(feed_groups, feed_group);
 
 static struct {
 	struct feed_queue queue;
 	size_t queued_items;
-	bool inflight;
+	struct feed_groups inflight;	/* transactions not answered yet */
+	int ninflight;
 	uint64_t counts[FC_N];
 	uint64_t groups;
 	uint64_t group_retries;
@@ -194,6 +202,7 @@ static struct {
 	struct metrics_hist commit_ms;
 } fq = {
 	.queue = TAILQ_HEAD_INITIALIZER(fq.queue),
+	.inflight = TAILQ_HEAD_INITIALIZER(fq.inflight),
 };
 
 static void feed_flush(void);
@@ -476,7 +485,8 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 	struct feed_group *g = arg;
 	const char *sqlstate = "", *err = "";
 
-	fq.inflight = false;
+	TAILQ_REMOVE(&fq.inflight, g, entry);
+	fq.ninflight--;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
 	if (st == DB_OK && n == 1) {
 		int64_t gv;
@@ -681,21 +691,51 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 		free(a[k].p);
 }
 
-/* Starts the next transaction when none is in flight. */
-static void
-feed_flush(void)
+/* Whether r sends a key that a transaction in flight sends: it waits. */
+static bool
+inflight_overlaps(struct feed_req *r)
+{
+	struct feed_group *g;
+
+	TAILQ_FOREACH(g, &fq.inflight, entry)
+		if (group_overlaps(g, r))
+			return true;
+	return false;
+}
+
+/* The most transactions in flight: the pool keeps a connection for
+ * everything else (dispatch, sessions, subscriptions). */
+static int
+max_inflight(void)
+{
+	int n = gridd.cfg->group_commit_parallel;
+	int room = gridd.cfg->pool_size - 1;
+
+	if (n > room)
+		n = room;
+	return n < 1 ? 1 : n;
+}
+
+/* Starts one transaction from the head of the queue; false when nothing
+ * could start (empty queue, or the head waits for a transaction in flight
+ * with one of its keys). */
+static bool
+feed_start(void)
 {
 	struct feed_group *g;
 	struct feed_req *r;
 	struct db_batch *b;
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 
-	if (fq.inflight || TAILQ_EMPTY(&fq.queue))
-		return;
+	r = TAILQ_FIRST(&fq.queue);
+	if (r == NULL || (fq.ninflight > 0 && (r->solo ||
+	    inflight_overlaps(r))))
+		return false;
 	g = xcalloc(1, sizeof(*g));
 	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
 		if (g->n > 0 && (r->solo || g->weight + r->n > cap ||
-		    group_overlaps(g, r)))
+		    group_overlaps(g, r) ||
+		    (fq.ninflight > 0 && inflight_overlaps(r))))
 			break;
 		TAILQ_REMOVE(&fq.queue, r, entry);
 		fq.queued_items -= r->n;
@@ -720,12 +760,25 @@ feed_flush(void)
 			req_free(g->reqs[i]);
 		}
 		group_free(g);
-		/* Nothing in flight: what still waits would never be sent. */
-		if (!TAILQ_EMPTY(&fq.queue))
-			feed_flush();
-		return;
+		/* Answered: the next requests may try. */
+		return true;
 	}
-	fq.inflight = true;
+	TAILQ_INSERT_TAIL(&fq.inflight, g, entry);
+	fq.ninflight++;
+	return true;
+}
+
+/*
+ * Starts transactions while there is room. A request retried alone after
+ * its group failed runs with nothing else in flight, so that whatever it
+ * meets (a conflict with another process) is its own.
+ */
+static void
+feed_flush(void)
+{
+	while (fq.ninflight < max_inflight() && !TAILQ_EMPTY(&fq.queue))
+		if (!feed_start())
+			break;
 }
 
 /* ---- the handlers ---------------------------------------------------------- */
@@ -1006,6 +1059,10 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Incidents waiting for the next ingest transaction.");
 	metrics_sample(out, "gridd_push_queued_items", NULL,
 	    (double)fq.queued_items);
+	metrics_family(out, "gridd_push_transactions_in_flight", "gauge",
+	    "Ingest transactions sent and not answered yet.");
+	metrics_sample(out, "gridd_push_transactions_in_flight", NULL,
+	    (double)fq.ninflight);
 	metrics_family(out, "gridd_push_group_retries_total", "counter",
 	    "Ingest transactions rolled back and retried request by request.");
 	metrics_sample(out, "gridd_push_group_retries_total", NULL,

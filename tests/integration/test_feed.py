@@ -566,6 +566,42 @@ def test_batch_of_1000_gets_one_reply_in_order():
     c.close()
 
 
+def test_pipelined_repeats_never_race():
+    """Requests pipelined on one connection, each repeating the previous
+    one's ext_id: with several ingest transactions in flight, a repeat
+    must wait for the first to commit and read DUPLICATE with its id,
+    never run beside it (a unique-key race, retried request by request)."""
+    c, _ = dept_client("civil")
+    retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
+    sent = []
+    for k in range(40):
+        lon, lat = 9.5003 + 0.0004 * k, 47.1193
+        items = [item("pipe-%d" % k, "MZ02", lon, lat),
+                 item("pipe-%d" % (k + 1), "MZ02", lon, lat + 0.0002)]
+        env = c.envelope("push_incidents", incidents=items)
+        c.send(env)
+        sent.append(env.request_id)
+    first = {}
+    for rid in sent:
+        res = expect_body(c.wait_reply(rid, timeout=60),
+                          "push_incidents_reply").results
+        for r in res:
+            if r.ext_id in first:
+                assert_outcome(r, "DUPLICATE")
+                assert r.incident_id == first[r.ext_id], r
+            else:
+                assert r.outcome in (outcome("ACCEPTED"),
+                                     outcome("MERGED")), r
+                first[r.ext_id] = r.incident_id
+    assert len(first) == 41, len(first)
+    n = sql1("SELECT count(*) FROM incident_sources WHERE source_id = "
+             "'civil' AND ext_id LIKE 'pipe-%'")
+    assert n == "41", n
+    assert metric(_cfg.http_port, "gridd_push_group_retries_total") == \
+        retries0, "a repeat ran beside its first push"
+    c.close()
+
+
 def test_throughput_with_concurrent_pushers():
     """Not a benchmark (gridbench is): a rough figure for the README."""
     conns = [dept_client(d)[0] for d in ("civil", "urban", "civil",
