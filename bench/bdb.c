@@ -254,9 +254,9 @@ static const char SQL_GRIDD[] =
     " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
     " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
     " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
-    " $28::text[], $29::text[], $30::text[], $31::float8[],"
-    " $32::float8[])";
-#define GRIDD_NPARAMS	32
+    " $28::text[], $29::text[], $30::text[], $31::text[],"
+    " $32::float8[], $33::float8[])";
+#define GRIDD_NPARAMS	33
 #define GRIDD_NARRAYS	20	/* $4 .. $23 */
 
 /* Where a baseline point lies, as the daemon would send it. */

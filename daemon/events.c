@@ -461,8 +461,8 @@ events_metrics_cb(struct evbuffer *out)
 	metrics_sample(out, "gridd_subscribers", "state=\"stalled\"",
 	    (double)stalled);
 	metrics_family(out, "gridd_subscriber_events_pending", "gauge",
-	    "Events committed for subscribed departments and not yet sent "
-	    "to their subscribers here (refreshed every few seconds).");
+	    "Events committed and not yet sent, summed over this process's "
+	    "subscriptions (refreshed every few seconds).");
 	metrics_sample(out, "gridd_subscriber_events_pending", NULL,
 	    (double)pending);
 	metrics_family(out, "gridd_incident_updates_total", "counter",

@@ -16,17 +16,21 @@
  * process are in flight (two by default: one executes while the other
  * waits for its commit's WAL flush, which on a real disk is much of a
  * transaction's time).  Requests that arrive meanwhile wait in a FIFO;
- * when a transaction ends, as many of them as fit in
+ * when a transaction can start, as many of them as fit in
  * group_commit_max_items go together, their items concatenated in request
  * order into one statement (BEGIN, the call, COMMIT): one round trip, one
  * plan and one WAL flush for all of them.  Items of a later request merge
- * into earlier requests' new incidents as within one request.  Two
- * requests that share a (source, ext_id) never go together nor run at the
- * same time (the later one waits until the first has committed and reads
- * DUPLICATE), so every key of a call is distinct and no two transactions
- * race for one key.  Concurrent transactions, of this process or of
- * others sharing the database, serialise their merges with advisory locks
- * per (task type, tile) taken in key order in the SQL.
+ * into earlier requests' new incidents as within one request.
+ *
+ * One source's pushes are applied in the order they came: a request whose
+ * source (a department, or a worker) has a transaction in flight waits
+ * for it, and so do the source's later requests; other sources' requests
+ * may pass it.  Two requests of a source that share an ext_id never go
+ * together either (the later one reads DUPLICATE in the next
+ * transaction), so every key of a call is distinct and no two
+ * transactions race for one key.  Concurrent transactions, of this
+ * process or of others sharing the database, serialise their merges with
+ * advisory locks per (task type, tile) taken in key order in the SQL.
  *
  * Durability point.  A request's reply is built only in the batch callback,
  * and db.c reports DB_OK there only after COMMIT succeeded, i.e. after
@@ -68,7 +72,7 @@ enum fr {
 	FR_EXT, FR_CAT, FR_TT, FR_LIST, FR_MATTER, FR_ROUTE, FR_SLA, FR_NOTE,
 	FR_SEV, FR_OCC, FR_LON, FR_LAT, FR_CODE, FR_BLDG, FR_ADDR, FR_DESC,
 	FR_REJ_EXT, FR_REJ_CAT, FR_REJ_TT, FR_REJ_REASON,
-	FR_OWNER, FR_REJ_LON, FR_REJ_LAT,
+	FR_OWNER, FR_REJ_COMM, FR_REJ_LON, FR_REJ_LAT,
 	FR_N
 };
 
@@ -79,7 +83,7 @@ enum fg {
 	FG_ROUTE, FG_SLA, FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_COMM,
 	FG_CELL, FG_CODE, FG_BLDG, FG_ADDR, FG_DESC,
 	FG_REJ_KIND, FG_REJ_SOURCE, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
-	FG_REJ_REASON, FG_OWNER, FG_REJ_LON, FG_REJ_LAT,
+	FG_REJ_REASON, FG_OWNER, FG_REJ_COMM, FG_REJ_LON, FG_REJ_LAT,
 	FG_N
 };
 
@@ -91,14 +95,18 @@ static const char feed_sql[] =
     " $14::int[], $15::bigint[], $16::float8[], $17::float8[],"
     " $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],"
     " $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
-    " $28::text[], $29::text[], $30::text[], $31::float8[],"
-    " $32::float8[])";
+    " $28::text[], $29::text[], $30::text[], $31::text[],"
+    " $32::float8[], $33::float8[])";
 
 /* A request retried alone that still meets a deadlock, a serialisation
  * failure or a unique violation (another process storing the same ext_id
  * at the same moment) goes again this many times; the retry then sees the
  * other transaction's rows and answers DUPLICATE or MERGED. */
 #define FEED_CONFLICT_RETRIES 3
+
+/* Queued requests looked at for one transaction: those of sources with a
+ * transaction in flight are passed over, but not without bound. */
+#define FEED_SCAN_MAX 1024
 
 /* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
 enum feed_count {
@@ -181,6 +189,7 @@ struct feed_group {
 	size_t items;		/* result rows: the requests' n_sql */
 	size_t weight;		/* the requests' n, against the cap */
 	int64_t started;
+	bool solo;		/* one request retried alone */
 	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
 };
 
@@ -191,6 +200,7 @@ static struct {
 	size_t queued_items;
 	struct feed_groups inflight;	/* transactions not answered yet */
 	int ninflight;
+	int solo_inflight;		/* of them, retries of one request */
 	uint64_t counts[FC_N];
 	uint64_t groups;
 	uint64_t group_retries;
@@ -487,6 +497,8 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 
 	TAILQ_REMOVE(&fq.inflight, g, entry);
 	fq.ninflight--;
+	if (g->solo)
+		fq.solo_inflight--;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
 	if (st == DB_OK && n == 1) {
 		int64_t gv;
@@ -636,7 +648,7 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 		FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER, FG_ROUTE, FG_SLA,
 		FG_NOTE, FG_SEV, FG_OCC, FG_LON, FG_LAT, FG_CODE, FG_BLDG,
 		FG_ADDR, FG_DESC, FG_REJ_EXT, FG_REJ_CAT, FG_REJ_TT,
-		FG_REJ_REASON, FG_OWNER, FG_REJ_LON, FG_REJ_LAT,
+		FG_REJ_REASON, FG_OWNER, FG_REJ_COMM, FG_REJ_LON, FG_REJ_LAT,
 	};
 	struct sbuf a[FG_N];
 	const char *params[FG_N];
@@ -691,18 +703,6 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 		free(a[k].p);
 }
 
-/* Whether r sends a key that a transaction in flight sends: it waits. */
-static bool
-inflight_overlaps(struct feed_req *r)
-{
-	struct feed_group *g;
-
-	TAILQ_FOREACH(g, &fq.inflight, entry)
-		if (group_overlaps(g, r))
-			return true;
-	return false;
-}
-
 /* The most transactions in flight: the pool keeps a connection for
  * everything else (dispatch, sessions, subscriptions). */
 static int
@@ -716,36 +716,113 @@ max_inflight(void)
 	return n < 1 ? 1 : n;
 }
 
-/* Starts one transaction from the head of the queue; false when nothing
- * could start (empty queue, or the head waits for a transaction in flight
- * with one of its keys). */
+/* A set of sources (worker or department, principal), for one call of
+ * feed_start: open addressing over requests that stand for their source. */
+struct srcset {
+	const struct feed_req **v;
+	size_t mask;
+};
+
+static uint32_t
+src_hash(const struct feed_req *r)
+{
+	return ext_hash(r->source) ^ (r->from_worker ? 0x9e3779b9u : 0);
+}
+
+static bool
+src_same(const struct feed_req *a, const struct feed_req *b)
+{
+	return a->from_worker == b->from_worker &&
+	    strcmp(a->source, b->source) == 0;
+}
+
+/* Adds r's source (add) or only looks it up; true when it was there. */
+static bool
+srcset_find(struct srcset *set, const struct feed_req *r, bool add)
+{
+	for (size_t i = src_hash(r) & set->mask;; i = (i + 1) & set->mask) {
+		if (set->v[i] == NULL) {
+			if (add)
+				set->v[i] = r;
+			return false;
+		}
+		if (src_same(set->v[i], r))
+			return true;
+	}
+}
+
+/*
+ * Starts one transaction; false when nothing could start.  Pushes of one
+ * source are applied in the order they came: a request waits while its
+ * source has a transaction in flight, or an earlier request of its source
+ * waits (so merges and event numbers follow the source's own order, and
+ * no two transactions race for one (source, ext_id)).  Requests of other
+ * sources behind it may go, up to FEED_SCAN_MAX looked at.  A request
+ * retried alone after its group failed runs with nothing beside it, so
+ * that whatever it meets (a conflict with another process) is its own.
+ */
 static bool
 feed_start(void)
 {
-	struct feed_group *g;
-	struct feed_req *r;
+	struct feed_group *g, *f;
+	struct feed_req *r, *next;
 	struct db_batch *b;
+	struct srcset blocked;
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
+	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0;
 
 	r = TAILQ_FIRST(&fq.queue);
-	if (r == NULL || (fq.ninflight > 0 && (r->solo ||
-	    inflight_overlaps(r))))
+	if (r == NULL || fq.solo_inflight > 0 ||
+	    (r->solo && fq.ninflight > 0))
 		return false;
 	g = xcalloc(1, sizeof(*g));
-	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
-		if (g->n > 0 && (r->solo || g->weight + r->n > cap ||
-		    group_overlaps(g, r) ||
-		    (fq.ninflight > 0 && inflight_overlaps(r))))
-			break;
+	if (r->solo) {
 		TAILQ_REMOVE(&fq.queue, r, entry);
 		fq.queued_items -= r->n;
-		g->reqs = xreallocarray(g->reqs, g->n + 1, sizeof(*g->reqs));
+		g->reqs = xmalloc(sizeof(*g->reqs));
 		g->reqs[g->n++] = r;
-		r->row0 = g->items;
-		g->items += r->n_sql;
-		g->weight += r->n;
-		if (r->solo)
-			break;
+		r->row0 = 0;
+		g->items = r->n_sql;
+		g->weight = r->n;
+		g->solo = true;
+	} else {
+		TAILQ_FOREACH(f, &fq.inflight, entry)
+			want += f->n;
+		while (slots < 2 * want)
+			slots *= 2;
+		blocked.mask = slots - 1;
+		blocked.v = xcalloc(slots, sizeof(*blocked.v));
+		TAILQ_FOREACH(f, &fq.inflight, entry)
+			for (size_t i = 0; i < f->n; i++)
+				(void)srcset_find(&blocked, f->reqs[i], true);
+		for (r = TAILQ_FIRST(&fq.queue); r != NULL &&
+		    scanned < FEED_SCAN_MAX; r = next, scanned++) {
+			next = TAILQ_NEXT(r, entry);
+			if (r->solo)
+				break;
+			if (srcset_find(&blocked, r, false))
+				continue;
+			if (g->n > 0 && g->weight + r->n > cap)
+				break;
+			if (group_overlaps(g, r)) {
+				/* It reads DUPLICATE in the next one. */
+				(void)srcset_find(&blocked, r, true);
+				continue;
+			}
+			TAILQ_REMOVE(&fq.queue, r, entry);
+			fq.queued_items -= r->n;
+			g->reqs = xreallocarray(g->reqs, g->n + 1,
+			    sizeof(*g->reqs));
+			g->reqs[g->n++] = r;
+			r->row0 = g->items;
+			g->items += r->n_sql;
+			g->weight += r->n;
+		}
+		free(blocked.v);
+		if (g->n == 0) {
+			group_free(g);
+			return false;
+		}
 	}
 	b = db_batch_new();
 	group_statement(g, b);
@@ -765,14 +842,12 @@ feed_start(void)
 	}
 	TAILQ_INSERT_TAIL(&fq.inflight, g, entry);
 	fq.ninflight++;
+	if (g->solo)
+		fq.solo_inflight++;
 	return true;
 }
 
-/*
- * Starts transactions while there is room. A request retried alone after
- * its group failed runs with nothing else in flight, so that whatever it
- * meets (a conflict with another process) is its own.
- */
+/* Starts transactions while there is room. */
 static void
 feed_flush(void)
 {
@@ -799,23 +874,34 @@ record_refusal(struct feed_req *r, struct arrays *ar, const char *ext,
     const char *cat, const char *tt, const struct triage_item *it,
     enum triage_refusal why)
 {
-	char num[32];
+	const struct locate_index *ix;
+	const char *comm = NULL, *cell = NULL;
+	char lon[32], lat[32];
+	int64_t gv;
+	bool send_point = false;
 
 	sb_elem_str(&ar->a[FR_REJ_EXT], ext);
 	sb_elem_str(&ar->a[FR_REJ_CAT], cat);
 	sb_elem_str(&ar->a[FR_REJ_TT], tt);
 	sb_elem_str(&ar->a[FR_REJ_REASON], triage_refusal_name(why));
-	/* The point of a valid item, so that the refusal counts for the
-	 * community it is in (the burden report's per-community view). */
+	/* A valid item's community, so that the refusal counts for it (the
+	 * burden report's per-community view): located in memory, or by
+	 * PostgreSQL from the point while no index is loaded. */
 	if (it != NULL && it->has_point) {
-		snprintf(num, sizeof(num), "%.17g", it->lon);
-		sb_elem_str(&ar->a[FR_REJ_LON], num);
-		snprintf(num, sizeof(num), "%.17g", it->lat);
-		sb_elem_str(&ar->a[FR_REJ_LAT], num);
-	} else {
-		sb_elem_str(&ar->a[FR_REJ_LON], NULL);
-		sb_elem_str(&ar->a[FR_REJ_LAT], NULL);
+		ix = cellcache_current(&gv);
+		if (ix != NULL)
+			(void)locate_index_find(ix, it->lon, it->lat, &comm,
+			    &cell);
+		else
+			send_point = true;
 	}
+	sb_elem_str(&ar->a[FR_REJ_COMM], comm);
+	if (send_point) {
+		snprintf(lon, sizeof(lon), "%.17g", it->lon);
+		snprintf(lat, sizeof(lat), "%.17g", it->lat);
+	}
+	sb_elem_str(&ar->a[FR_REJ_LON], send_point ? lon : NULL);
+	sb_elem_str(&ar->a[FR_REJ_LAT], send_point ? lat : NULL);
 	r->n_rej++;
 }
 

@@ -9,9 +9,9 @@
 -- like one of its own pushes.  The daemon refuses a worker's report of a
 -- big matter whose task type names no department.
 --
--- Refusals are also given the community their point lies in
--- (p_rej_lon/p_rej_lat), so that a per-community burden report counts
--- what was refused there.  The new parameters have defaults, so a caller
+-- Refusals are also given the community their point lies in (p_rej_comm
+-- as the daemon located it, else p_rej_lon/p_rej_lat), so that a
+-- per-community burden report counts what was refused there.  The new parameters have defaults, so a caller
 -- of the previous signature (a process of the previous version during a
 -- rolling upgrade) keeps working.
 --
@@ -34,6 +34,7 @@ CREATE FUNCTION gridd_feed_push(p_radius_m double precision,
     p_rej_kind text[], p_rej_source text[], p_rej_ext text[],
     p_rej_cat text[], p_rej_tt text[], p_rej_reason text[],
     p_owner text[] DEFAULT NULL,
+    p_rej_comm text[] DEFAULT NULL,
     p_rej_lon double precision[] DEFAULT NULL,
     p_rej_lat double precision[] DEFAULT NULL)
 RETURNS TABLE (ord integer, outcome text, incident_id bigint, cell_id text,
@@ -100,26 +101,31 @@ BEGIN
 	    coalesce(cardinality(p_rej_tt), 0)]);
 	-- Optional arrays: empty or one element per item (per refusal).
 	IF coalesce(cardinality(p_owner), 0) NOT IN (0, v_n) OR
+	    coalesce(cardinality(p_rej_comm), 0) NOT IN (0,
+		coalesce(cardinality(p_rej_reason), 0)) OR
 	    coalesce(cardinality(p_rej_lon), 0) NOT IN (0,
 		coalesce(cardinality(p_rej_reason), 0)) OR
 	    coalesce(cardinality(p_rej_lat), 0) <>
 		coalesce(cardinality(p_rej_lon), 0) THEN
-		RAISE EXCEPTION 'gridd_feed_push: p_owner, p_rej_lon or '
-		    'p_rej_lat has the wrong length'
+		RAISE EXCEPTION 'gridd_feed_push: p_owner, p_rej_comm, '
+		    'p_rej_lon or p_rej_lat has the wrong length'
 		    USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
 	-- Items the daemon refused, with the community their point is in (so
-	-- that the burden report counts them per community as well).
+	-- that the burden report counts them per community as well): as the
+	-- daemon located it in memory (p_rej_comm), or from the point it
+	-- sends when it has no current index (p_rej_lon/lat).
 	INSERT INTO rejections (source_kind, source_id, ext_id, category,
 	    task_type, reason, community_id)
 	SELECT u.kind, u.src, left(coalesce(u.ext, ''), 128),
 	    left(coalesce(u.cat, ''), 64), u.tt, u.reason,
-	    (SELECT l.community_id FROM gridd_locate(u.lon, u.lat) l
-	    WHERE u.lon IS NOT NULL AND u.lat IS NOT NULL)
+	    coalesce(u.comm, (SELECT l.community_id
+		FROM gridd_locate(u.lon, u.lat) l
+		WHERE u.lon IS NOT NULL AND u.lat IS NOT NULL))
 	FROM unnest(p_rej_kind, p_rej_source, p_rej_ext, p_rej_cat, p_rej_tt,
-	    p_rej_reason, p_rej_lon, p_rej_lat)
-	    AS u(kind, src, ext, cat, tt, reason, lon, lat)
+	    p_rej_reason, p_rej_comm, p_rej_lon, p_rej_lat)
+	    AS u(kind, src, ext, cat, tt, reason, comm, lon, lat)
 	WHERE u.reason IS NOT NULL;
 
 	IF v_n = 0 THEN

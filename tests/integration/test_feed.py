@@ -599,6 +599,22 @@ def test_pipelined_repeats_never_race():
     assert n == "41", n
     assert metric(_cfg.http_port, "gridd_push_group_retries_total") == \
         retries0, "a repeat ran beside its first push"
+    # Distinct keys, pipelined: still applied in the order sent (their
+    # events are numbered in that order).
+    sent = []
+    for k in range(30):
+        # A task type nobody else pushes here, 90 m apart: no merges.
+        env = c.envelope("push_incidents", incidents=[
+            item("ord-%02d" % k, "MZ03", 9.5003 + 0.0012 * (k % 15),
+                 47.1188 + 0.0008 * (k // 15))])
+        c.send(env)
+        sent.append(env.request_id)
+    for rid in sent:
+        expect_body(c.wait_reply(rid, timeout=60), "push_incidents_reply")
+    rows = sql("SELECT ext_id FROM events WHERE department_id = 'civil' "
+               "AND ext_id LIKE 'ord-%' AND status = 'referred' "
+               "ORDER BY dept_seq")
+    assert [r[0] for r in rows] == ["ord-%02d" % k for k in range(30)], rows
     c.close()
 
 
@@ -760,8 +776,6 @@ def test_metrics_show_events_pending_for_a_stalled_subscriber():
         expect_body(pusher.login("DEPARTMENT", "urban",
                                  harness.DEPARTMENTS["urban"][1]),
                     "login_reply")
-        # Push until the subscriber's unsent output passes its bound
-        # (the kernel's socket buffers take the first part).
         n = 0
         deadline = time.monotonic() + 120
 
@@ -773,19 +787,20 @@ def test_metrics_show_events_pending_for_a_stalled_subscriber():
             push(pusher, items, timeout=60)
             return len(items)
 
-        while metric(cfg.http_port, "gridd_subscribers",
-                     state="stalled") < 1:
-            assert time.monotonic() < deadline, "subscriber never stalled"
-            n += push_some()
-        # These wait behind the stall.
-        n += push_some()
-        # The head query runs every few seconds.
+        # Until the subscriber's socket and its unsent output are full:
+        # then what is pushed waits, and the gauge (refreshed every few
+        # seconds) shows it.
         pending = 0
-        deadline = time.monotonic() + 20
-        while pending <= 0 and time.monotonic() < deadline:
+        while pending <= 0:
+            assert time.monotonic() < deadline, (
+                "no events pending for a stalled subscriber after %d "
+                "items" % n)
+            n += push_some()
             pending = metric(cfg.http_port,
                              "gridd_subscriber_events_pending")
-            time.sleep(0.5)
+            time.sleep(0.2)
+        assert metric(cfg.http_port, "gridd_subscribers",
+                      state="stalled") >= 1
         assert pending > 0, "no events pending for a stalled subscriber"
         head = int(sql1("SELECT max(dept_seq) FROM events WHERE "
                         "department_id = 'urban'"))
