@@ -13,9 +13,9 @@
  * transaction at once.
  *
  * Group commit.  At most group_commit_parallel ingest transactions per
- * process are in flight (two by default: one executes while the other
- * waits for its commit's WAL flush, which on a real disk is much of a
- * transaction's time).  Requests that arrive meanwhile wait in a FIFO;
+ * process are in flight (one by default; with more, one executes while
+ * another waits for its commit's WAL flush, which pays only when many
+ * sources push at once: see the ordering rule below).  Requests that arrive meanwhile wait in a FIFO;
  * when a transaction can start, as many of them as fit in
  * group_commit_max_items go together, their items concatenated in request
  * order into one statement (BEGIN, the call, COMMIT): one round trip, one
