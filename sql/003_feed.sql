@@ -18,7 +18,12 @@
 --       together; see its comment.  The daemon validates, classifies and
 --       locates each item first (config: crosswalk, task types; its
 --       in-memory copy of the cells) and passes the survivors here as
---       parallel arrays, plus the items it refused, to be recorded.
+--       parallel arrays, plus the items it refused, to be recorded (with
+--       the community each refused point lies in).  A grid worker's
+--       report is owned by the department its task type names (p_owner,
+--       [task_type.NAME] department), which hears of it like one of its
+--       own pushes; the new incidents for workers are offered in the same
+--       transaction (gridd_dispatch_pushed, 004_dispatch.sql).
 --   feed_grid_version / NOTIFY gridd_grid
 --       bumped and sent by every change to cells or communities, so that
 --       the daemons' in-memory cells are never trusted when stale.
@@ -308,7 +313,11 @@ CREATE FUNCTION gridd_feed_push(p_radius_m double precision,
     p_comm text[], p_cell text[], p_code text[], p_bldg text[],
     p_addr text[], p_desc text[],
     p_rej_kind text[], p_rej_source text[], p_rej_ext text[],
-    p_rej_cat text[], p_rej_tt text[], p_rej_reason text[])
+    p_rej_cat text[], p_rej_tt text[], p_rej_reason text[],
+    p_owner text[],
+    p_rej_comm text[],
+    p_rej_lon double precision[],
+    p_rej_lat double precision[])
 RETURNS TABLE (ord integer, outcome text, incident_id bigint, cell_id text,
     grid_version bigint)
 LANGUAGE plpgsql
@@ -349,6 +358,7 @@ DECLARE
 	v_ev_status text[];
 	v_ev_note text[];
 	v_ev_ext text[];
+	v_dp record;		-- the offers made here (gridd_dispatch_pushed)
 BEGIN
 	PERFORM gridd_check_lengths('gridd_feed_push', v_n, ARRAY[
 	    coalesce(cardinality(p_kind), 0),
@@ -370,14 +380,33 @@ BEGIN
 	    coalesce(cardinality(p_rej_ext), 0),
 	    coalesce(cardinality(p_rej_cat), 0),
 	    coalesce(cardinality(p_rej_tt), 0)]);
+	-- Optional arrays: empty or one element per item (per refusal).
+	IF coalesce(cardinality(p_owner), 0) NOT IN (0, v_n) OR
+	    coalesce(cardinality(p_rej_comm), 0) NOT IN (0,
+		coalesce(cardinality(p_rej_reason), 0)) OR
+	    coalesce(cardinality(p_rej_lon), 0) NOT IN (0,
+		coalesce(cardinality(p_rej_reason), 0)) OR
+	    coalesce(cardinality(p_rej_lat), 0) <>
+		coalesce(cardinality(p_rej_lon), 0) THEN
+		RAISE EXCEPTION 'gridd_feed_push: p_owner, p_rej_comm, '
+		    'p_rej_lon or p_rej_lat has the wrong length'
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 
-	-- Items the daemon refused.
+	-- Items the daemon refused, with the community their point is in (so
+	-- that the burden report counts them per community as well): as the
+	-- daemon located it in memory (p_rej_comm), or from the point it
+	-- sends when it has no current index (p_rej_lon/lat).
 	INSERT INTO rejections (source_kind, source_id, ext_id, category,
-	    task_type, reason)
+	    task_type, reason, community_id)
 	SELECT u.kind, u.src, left(coalesce(u.ext, ''), 128),
-	    left(coalesce(u.cat, ''), 64), u.tt, u.reason
+	    left(coalesce(u.cat, ''), 64), u.tt, u.reason,
+	    coalesce(u.comm, (SELECT l.community_id
+		FROM gridd_locate(u.lon, u.lat) l
+		WHERE u.lon IS NOT NULL AND u.lat IS NOT NULL))
 	FROM unnest(p_rej_kind, p_rej_source, p_rej_ext, p_rej_cat, p_rej_tt,
-	    p_rej_reason) AS u(kind, src, ext, cat, tt, reason)
+	    p_rej_reason, p_rej_comm, p_rej_lon, p_rej_lat)
+	    AS u(kind, src, ext, cat, tt, reason, comm, lon, lat)
 	WHERE u.reason IS NOT NULL;
 
 	IF v_n = 0 THEN
@@ -570,18 +599,20 @@ BEGIN
 	FROM w;
 
 	-- New incidents, owned (and for assist work funded) by the department
-	-- that pushed the item; departments of later items that joined it
-	-- are added below, as if they had come one after the other.
+	-- that pushed the item, or for a worker's report by the department
+	-- its task type names (p_owner); departments of later items that
+	-- joined it are added below, as if they had come one after the other.
 	INSERT INTO incidents (incident_id, community_id, cell_id, task_type,
 	    list, matter, route, status, owner_department, funder_department,
 	    departments, severity, summary, description, address, geom,
 	    occurred_at, deadline, located_by)
 	SELECT u.inc, u.comm, u.cell, u.tt, u.list, u.matter, u.route,
 	    CASE u.route WHEN 'worker' THEN 'new' ELSE 'referred' END,
-	    CASE WHEN u.skind = 'department' THEN u.src END,
-	    CASE WHEN u.skind = 'department' AND u.list = 'assist'
-		THEN u.src END,
+	    CASE WHEN u.skind = 'department' THEN u.src ELSE u.own END,
+	    CASE WHEN u.list = 'assist' THEN CASE
+		WHEN u.skind = 'department' THEN u.src ELSE u.own END END,
 	    CASE WHEN u.skind = 'department' THEN ARRAY[u.src]
+		WHEN u.own IS NOT NULL THEN ARRAY[u.own]
 		ELSE '{}'::text[] END,
 	    u.sev,
 	    left(CASE WHEN u.descr = '' THEN u.tt ELSE u.descr END, 200),
@@ -591,9 +622,9 @@ BEGIN
 	    u.how
 	FROM unnest(v_kind, v_inc, v_icomm, v_icell, v_geom, v_how, p_kind,
 	    p_source, p_tt, p_list, p_matter, p_route, p_sla, p_sev, p_occ,
-	    p_addr, p_desc)
+	    p_addr, p_desc, p_owner)
 	    AS u(kind, inc, comm, cell, geom, how, skind, src, tt, list,
-	    matter, route, sla, sev, occ, addr, descr)
+	    matter, route, sla, sev, occ, addr, descr, own)
 	WHERE u.kind = 'new';
 
 	-- Sources: every accepted or merged item.
@@ -642,14 +673,20 @@ BEGIN
 		WHERE i.incident_id = a.inc
 		RETURNING i.incident_id, i.status, a.add, a.firsts, a.exts
 	), ev AS (
-		SELECT u.inc, u.src AS dept,
+		SELECT u.inc,
+		    CASE WHEN u.skind = 'department' THEN u.src
+			ELSE u.own END AS dept,
 		    CASE u.route WHEN 'worker' THEN 'new'
 			ELSE 'referred' END AS status,
-		    u.note, u.ext, u.ord::integer AS first
+		    u.note,
+		    CASE WHEN u.skind = 'department' THEN u.ext
+			ELSE '' END AS ext,
+		    u.ord::integer AS first
 		FROM unnest(v_kind, v_inc, p_kind, p_source, p_route, p_note,
-		    p_ext) WITH ORDINALITY
-		    AS u(kind, inc, skind, src, route, note, ext, ord)
-		WHERE u.kind = 'new' AND u.skind = 'department'
+		    p_ext, p_owner) WITH ORDINALITY
+		    AS u(kind, inc, skind, src, route, note, ext, own, ord)
+		WHERE u.kind = 'new' AND
+		    (u.skind = 'department' OR u.own IS NOT NULL)
 		UNION ALL
 		SELECT upd.incident_id, x.dept, upd.status,
 		    'merged: also pushed by this department', x.ext, x.first
@@ -665,11 +702,23 @@ BEGIN
 	INTO v_ev_inc, v_ev_dept, v_ev_status, v_ev_note, v_ev_ext
 	FROM ev;
 
+	-- The new incidents for workers are offered now, before any event is
+	-- written: the departments' sequence rows are locked by the events
+	-- below, and held to the commit, so no worker is chosen while they
+	-- are held.
+	SELECT * INTO v_dp FROM gridd_dispatch_pushed(ARRAY(
+	    SELECT u.inc FROM unnest(v_kind, v_inc, p_route)
+		AS u(kind, inc, route)
+	    WHERE u.kind = 'new' AND u.route = 'worker'));
+
 	-- Events last: the departments' sequence rows are locked after every
-	-- incident row this transaction changes.
+	-- incident row this transaction changes.  Each new incident's first
+	-- state comes before its offer.
 	PERFORM gridd_emit_events_to(v_ev_inc, v_ev_dept, v_ev_status,
 	    array_fill(NULL::text, ARRAY[coalesce(cardinality(v_ev_inc), 0)]),
 	    v_ev_note, v_ev_ext);
+	PERFORM gridd_dispatch_emit(v_dp.o_inc, v_dp.o_st, v_dp.o_wk,
+	    v_dp.o_nt);
 
 	-- Queued for dispatch: the SLA timer (the incident's own deadline:
 	-- now() is the transaction's start in both) and the wake-up of

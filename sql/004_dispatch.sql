@@ -14,9 +14,9 @@
 --   gridd_worker_checkin(worker, lon, lat, on_duty, history)
 --   gridd_offers_v                                 offers as the wire shows them
 --
--- and, with no call at all, a new incident for a worker inserted by a gridd
--- process is offered at its transaction's commit (gridd_dispatch_at_commit;
--- the process's settings come from dispatch_origins, which
+-- and gridd_dispatch_pushed(ids), which gridd_feed_push calls to offer the
+-- new incidents for workers in the push's own transaction (with the
+-- calling process's settings from dispatch_origins, which
 -- gridd_dispatch_scan keeps).
 --
 -- settings are always (offer_timeout_s, max_offers, checkin_max_age_s,
@@ -153,9 +153,9 @@ FROM (SELECT worker_id, count(*) AS n FROM assignments
 WHERE o.worker_id = w.worker_id;
 
 -- The [dispatch] settings of each running gridd process, under the
--- application_name its database sessions carry: the dispatch made at the
--- commit of a feed's transaction (gridd_dispatch_at_commit) runs with the
--- settings of the process that sent it.  Each process writes its row with
+-- application_name its database sessions carry: the dispatch made in a
+-- feed's transaction (gridd_dispatch_pushed) runs with the settings of the
+-- process that sent it.  Each process writes its row with
 -- every scan (so a reload shows within scan_interval_s); rows not written
 -- for a day are from processes long gone.
 CREATE TABLE dispatch_origins (
@@ -169,6 +169,22 @@ CREATE TABLE dispatch_origins (
 	batch		integer NOT NULL CHECK (batch > 0),
 	updated_at	timestamptz NOT NULL DEFAULT now()
 );
+
+-- Indexes ----------------------------------------------------------------------
+
+-- Tier 2 of the fast pass looks up on-duty workers by backup cell.  Most
+-- workers have none; an index over every worker takes an entry (and a
+-- pending-list insertion) for each update of any worker row, and a scan
+-- then reads the whole pending list.
+DROP INDEX workers_backup_idx;
+CREATE INDEX workers_backup_on_duty_idx ON workers USING gin (backup_cells)
+	WITH (fastupdate = off)
+	WHERE on_duty AND backup_cells <> '{}';
+
+-- An offer and an answer that changes a worker's load update its row
+-- (open_count, no indexed column): room on the page keeps that a HOT update,
+-- with no new index entries.
+ALTER TABLE workers SET (fillfactor = 80);
 
 -- The rows the daemon reads -------------------------------------------------
 
@@ -317,8 +333,9 @@ $$;
 -- The gridd_offers NOTIFY for a new offer, delivered at commit to every
 -- process.  First line "ASSIGNMENT WORKER ORIGIN EXPIRES_MS INCIDENT HOW":
 -- the origin process made it, by a statement whose rows it reads (HOW
--- "statement") or at the commit of another statement ("commit": the origin
--- has not seen it yet, and counts it when the NOTIFY arrives); every
+-- "statement") or inside a push's transaction ("commit", from
+-- gridd_dispatch_pushed: the origin has not seen it yet, and counts it when
+-- the NOTIFY arrives); every
 -- process wakes for the expiry, so that it fires on time even if the
 -- origin died.  Second line: the offer itself, tab-separated (incident,
 -- reason, state, cell, task type, list, matter, summary, lon, lat,
@@ -357,49 +374,39 @@ BEGIN
 END
 $$;
 
--- Offers one incident to the best worker, or escalates it.  The caller holds
--- the incident's row lock.
+-- A planar distance in metres between two WGS-84 points (equirectangular at
+-- their mean latitude, on the mean Earth radius).  For points under 100 km
+-- apart and within 80 degrees of the equator it is within 1% of the
+-- geodesic on the spheroid; gridd_dispatch_choose uses it only to decide
+-- which candidates to measure exactly, with margins that cover that error.
+CREATE FUNCTION gridd_planar_m(p_lon1 double precision,
+    p_lat1 double precision, p_lon2 double precision,
+    p_lat2 double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+	SELECT 6371008.8 * radians(sqrt(((p_lon2 - p_lon1) *
+	    cos(radians((p_lat1 + p_lat2) / 2))) ^ 2 + (p_lat2 - p_lat1) ^ 2))
+$$;
+
+-- As 004_dispatch.sql's gridd_dispatch_choose (same candidates, order,
+-- reasons, shortfalls, rows and events), cheaper:
 --
--- Candidates: workers of the incident's community whose primary cell is the
--- incident's cell (tier 1), whose backup cells include it (tier 2), or whose
--- primary cell touches it (tier 3), less those who declined this incident or
--- let its offer expire.  Eligible: on duty and below max_open open
--- (offered, accepted, in_progress) assignments (workers.open_count).  Order:
--- tier, then fewer open assignments, then the shorter distance from a
--- check-in position not older than checkin_max_age_s (none = last), then
--- worker id.
---
--- The reason recorded says what decided, comparing the chosen worker with
--- the next eligible candidate of the same tier:
---   least_loaded    that one had more open assignments;
---   nearest         same load, and the chosen one is closer (or the other
---                   has no recent position);
---   primary_cell, backup_cell, neighbour_cell   the tier decided (no other
---                   eligible candidate in it, or a tie broken by id).
--- The shortfall when nobody can take it:
---   max_offers      max_offers offers this round were declined or expired;
---   no_workers      no candidate at all (none assigned, or all asked);
---   all_off_duty    candidates, none on duty;
---   all_at_capacity on-duty candidates, all at max_open.
---
--- Two passes with the same result.  The fast one reads only the eligible
--- workers of tiers 1 and 2 (the on-duty primary-cell index and the backup
--- cells' GIN index) and measures distances only within the leading (tier,
--- load) group, the only place where distance can decide; it ends as soon as
--- it has a chosen worker and the runner-up.  A leading candidate whose row
--- another transaction holds makes the item 'retry' (the answer that holds
--- it may lower its load), except at a commit, where the next one is tried.  The full pass (every candidate, neighbour cells
--- included) runs when the fast one found nobody: it decides tier 3 and the
--- shortfall.
---
--- p_mode: 'emit' writes the events here; 'collect' leaves them to the
--- caller (which writes a batch's events once, last), from the offered and
--- escalated rows; 'commit' too, called at the commit of another statement
--- (the feed's INSERT), and the NOTIFYs tell the origin it has not seen the
--- offer or the escalation.
-CREATE FUNCTION gridd_dispatch_choose(p_incident bigint, p_timeout_s integer,
-    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
-    p_origin text, p_mode text)
+--   * one read of the incident's assignments answers "is there a live
+--     offer", "how many offers this round" and "who was asked";
+--   * tier 2 of the fast pass reads workers_backup_on_duty_idx;
+--   * in the leading (tier, load) group, the geodesic distance is measured
+--     only for candidates whose planar distance is within 5% (plus a metre)
+--     of the smallest one, or which the planar figure does not cover (over
+--     100 km, beyond 80 degrees of latitude).  The others are farther than
+--     every measured one for certain: they follow them, ranked by the planar
+--     figure, which is enough to explain a choice ('nearest': the runner-up
+--     is farther).  Only if one of them would have to be chosen (every
+--     measured candidate busy or full) is the pass run again with every
+--     distance measured, so that the choice is the exact one.
+CREATE FUNCTION gridd_dispatch_choose(p_incident bigint,
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text, p_mode text)
 RETURNS SETOF gridd_dispatch_row
 LANGUAGE plpgsql
 AS $$
@@ -408,6 +415,7 @@ DECLARE
 	c record;
 	v_nb text[];
 	v_asked text[];
+	v_live boolean;
 	v_round integer;
 	v_scope integer := 0;
 	v_on integer := 0;
@@ -422,6 +430,10 @@ DECLARE
 	v_now_open integer;
 	v_max integer;
 	v_since timestamptz := now() - make_interval(secs => p_max_age_s);
+	v_lon double precision;
+	v_lat double precision;
+	v_exact boolean := false;
+	v_redo boolean;
 BEGIN
 	SELECT * INTO inc FROM incidents WHERE incident_id = p_incident;
 	IF NOT FOUND OR inc.route <> 'worker' OR
@@ -430,112 +442,171 @@ BEGIN
 	END IF;
 	-- A fresh snapshot under the incident's lock: every transaction that
 	-- makes an assignment holds this lock, so this sees them all.
-	IF EXISTS (SELECT 1 FROM assignments a
-	    WHERE a.incident_id = p_incident
-	    AND a.state IN ('offered', 'accepted', 'in_progress')) THEN
+	SELECT coalesce(bool_or(a.state IN ('offered', 'accepted',
+		'in_progress')), false),
+	    count(*) FILTER (WHERE a.offered_at >= inc.round_at),
+	    coalesce(array_agg(DISTINCT a.worker_id) FILTER (WHERE a.state IN
+		('declined', 'expired')), '{}')
+	INTO v_live, v_round, v_asked
+	FROM assignments a WHERE a.incident_id = p_incident;
+	IF v_live THEN
 		UPDATE incidents SET next_try_at = 'infinity'
 		WHERE incident_id = p_incident;
 		RETURN;
 	END IF;
 
-	SELECT count(*) INTO v_round FROM assignments a
-	WHERE a.incident_id = p_incident AND a.offered_at >= inc.round_at;
 	IF v_round >= p_max_offers THEN
 		v_short := 'max_offers';
 	ELSIF inc.cell_id IS NULL THEN
 		v_short := 'no_workers';
 	ELSE
-		SELECT coalesce(array_agg(DISTINCT d.worker_id), '{}')
-		INTO v_asked FROM assignments d
-		WHERE d.incident_id = p_incident
-		    AND d.state IN ('declined', 'expired');
+		IF inc.geom IS NOT NULL THEN
+			v_lon := ST_X(inc.geom);
+			v_lat := ST_Y(inc.geom);
+		END IF;
 
-		-- The fast pass.
-		FOR c IN
-			WITH e AS (
-				SELECT w.worker_id, 1 AS tier,
-				    w.open_count AS load, w.last_lon,
-				    w.last_lat, w.last_checkin_at
-				FROM workers w
-				WHERE w.community_id = inc.community_id
-				    AND w.primary_cell = inc.cell_id
-				    AND w.on_duty
-				    AND w.open_count < w.max_open
-				    AND w.worker_id <> ALL (v_asked)
-				UNION ALL
-				SELECT w.worker_id, 2, w.open_count,
-				    w.last_lon, w.last_lat, w.last_checkin_at
-				FROM workers w
-				WHERE w.backup_cells @> ARRAY[inc.cell_id]
-				    AND w.community_id = inc.community_id
-				    AND w.primary_cell IS DISTINCT FROM
-					inc.cell_id
-				    AND w.on_duty
-				    AND w.open_count < w.max_open
-				    AND w.worker_id <> ALL (v_asked)
-			), lead AS (
-				SELECT e.tier, e.load FROM e
-				ORDER BY e.tier, e.load LIMIT 1
-			)
-			SELECT e.worker_id, e.tier, e.load,
-			    (e.tier = l.tier AND e.load = l.load) AS leading,
-			    CASE WHEN e.tier = l.tier AND e.load = l.load
-				AND inc.geom IS NOT NULL
-				AND e.last_lon IS NOT NULL
-				AND e.last_lat IS NOT NULL
-				AND e.last_checkin_at >= v_since
-			    THEN ST_Distance(inc.geom::geography,
-				ST_SetSRID(ST_MakePoint(e.last_lon,
-				e.last_lat), 4326)::geography)
-			    END AS dist
-			FROM e CROSS JOIN lead l
-			ORDER BY e.tier, e.load, dist NULLS LAST,
-			    e.worker_id COLLATE "C"
+		-- The fast pass; a second time with every distance measured
+		-- when the first would have to choose an unmeasured candidate.
 		LOOP
-			IF v_chosen IS NOT NULL THEN
-				-- The runner-up explains the choice.
-				IF c.tier = v_tier THEN
-					IF c.load > v_open THEN
-						v_reason := 'least_loaded';
-					ELSIF v_dist IS NOT NULL AND
-					    (c.dist IS NULL OR
-					    c.dist > v_dist) THEN
-						v_reason := 'nearest';
+			v_redo := false;
+			FOR c IN
+				WITH e AS (
+					SELECT w.worker_id, 1 AS tier,
+					    w.open_count AS load, w.last_lon,
+					    w.last_lat, w.last_checkin_at
+					FROM workers w
+					WHERE w.community_id =
+					    inc.community_id
+					    AND w.primary_cell = inc.cell_id
+					    AND w.on_duty
+					    AND w.open_count < w.max_open
+					    AND w.worker_id <> ALL (v_asked)
+					UNION ALL
+					SELECT w.worker_id, 2, w.open_count,
+					    w.last_lon, w.last_lat,
+					    w.last_checkin_at
+					FROM workers w
+					WHERE w.backup_cells @>
+					    ARRAY[inc.cell_id]
+					    AND w.backup_cells <> '{}'
+					    AND w.community_id =
+						inc.community_id
+					    AND w.primary_cell IS DISTINCT FROM
+						inc.cell_id
+					    AND w.on_duty
+					    AND w.open_count < w.max_open
+					    AND w.worker_id <> ALL (v_asked)
+				), lead AS (
+					SELECT e.tier, e.load FROM e
+					ORDER BY e.tier, e.load LIMIT 1
+				), g AS (
+					SELECT e.worker_id, e.tier, e.load,
+					    e.last_lon, e.last_lat,
+					    (e.tier = l.tier AND e.load = l.load)
+						AS leading,
+					    CASE WHEN e.tier = l.tier
+						AND e.load = l.load
+						AND v_lon IS NOT NULL
+						AND e.last_lon IS NOT NULL
+						AND e.last_lat IS NOT NULL
+						AND e.last_checkin_at >= v_since
+					    THEN gridd_planar_m(v_lon, v_lat,
+						e.last_lon, e.last_lat)
+					    END AS planar
+					FROM e CROSS JOIN lead l
+				), m AS (
+					SELECT g.*, min(g.planar) OVER () AS best
+					FROM g
+				), x AS (
+					SELECT m.*, m.planar IS NOT NULL AND
+					    (v_exact
+					    OR m.planar <= m.best * 1.05 + 1
+					    OR m.planar > 100000
+					    OR abs(v_lat) > 80
+					    OR abs(m.last_lat) > 80) AS measured
+					FROM m
+				), pos AS (
+					-- Once per position: workers who
+					-- checked in at one spot are equally
+					-- far.
+					SELECT p.last_lon, p.last_lat,
+					    ST_Distance(inc.geom::geography,
+						ST_SetSRID(ST_MakePoint(
+						p.last_lon, p.last_lat),
+						4326)::geography) AS dist
+					FROM (SELECT DISTINCT x.last_lon,
+					    x.last_lat FROM x
+					    WHERE x.measured) p
+				)
+				SELECT x.worker_id, x.tier, x.load, x.leading,
+				    pos.dist,
+				    CASE WHEN NOT x.measured THEN x.planar END
+					AS rough
+				FROM x
+				LEFT JOIN pos ON x.measured
+				    AND pos.last_lon = x.last_lon
+				    AND pos.last_lat = x.last_lat
+				ORDER BY x.tier, x.load, 5 NULLS LAST,
+				    6 NULLS LAST, x.worker_id COLLATE "C"
+			LOOP
+				IF v_chosen IS NOT NULL THEN
+					-- The runner-up explains the choice;
+					-- an unmeasured one is farther.
+					IF c.tier = v_tier THEN
+						IF c.load > v_open THEN
+							v_reason :=
+							    'least_loaded';
+						ELSIF v_dist IS NOT NULL AND
+						    (c.dist IS NULL OR
+						    c.dist > v_dist) THEN
+							v_reason := 'nearest';
+						END IF;
 					END IF;
-				END IF;
-				EXIT;
-			END IF;
-			IF NOT c.leading THEN
-				EXIT;	-- the leading group was busy
-			END IF;
-			SELECT w.max_open, w.open_count INTO v_max, v_now_open
-			FROM workers w
-			WHERE w.worker_id = c.worker_id AND w.on_duty
-			FOR NO KEY UPDATE SKIP LOCKED;
-			IF NOT FOUND THEN
-				-- Held by another transaction (an offer, a
-				-- check-in, an answer that changes its load):
-				-- the item is retried shortly rather than
-				-- given to a worse candidate.  Not at a
-				-- commit, which must not leave the push's
-				-- incidents behind: there the next candidate
-				-- takes it, as in the full pass.
-				IF p_mode <> 'commit' AND EXISTS (
-				    SELECT 1 FROM workers w
-				    WHERE w.worker_id = c.worker_id
-				    AND w.on_duty) THEN
-					v_contended := true;
 					EXIT;
 				END IF;
-				CONTINUE;
-			END IF;
-			IF v_now_open >= v_max THEN
-				CONTINUE;
-			END IF;
-			v_chosen := c.worker_id;
-			v_tier := c.tier;
-			v_open := v_now_open;
-			v_dist := c.dist;
+				IF NOT c.leading THEN
+					EXIT;	-- the leading group was busy
+				END IF;
+				IF c.rough IS NOT NULL THEN
+					-- Its rank among the unmeasured is
+					-- only approximate.
+					v_redo := true;
+					EXIT;
+				END IF;
+				SELECT w.max_open, w.open_count
+				INTO v_max, v_now_open
+				FROM workers w
+				WHERE w.worker_id = c.worker_id AND w.on_duty
+				FOR NO KEY UPDATE SKIP LOCKED;
+				IF NOT FOUND THEN
+					-- Held by another transaction (an
+					-- offer, a check-in, an answer that
+					-- changes its load): the item is
+					-- retried shortly rather than given
+					-- to a worse candidate.  Not in a
+					-- push ('commit' mode), which must
+					-- not leave its incidents behind:
+					-- there the next candidate takes it,
+					-- as in the full pass.
+					IF p_mode <> 'commit' AND EXISTS (
+					    SELECT 1 FROM workers w
+					    WHERE w.worker_id = c.worker_id
+					    AND w.on_duty) THEN
+						v_contended := true;
+						EXIT;
+					END IF;
+					CONTINUE;
+				END IF;
+				IF v_now_open >= v_max THEN
+					CONTINUE;
+				END IF;
+				v_chosen := c.worker_id;
+				v_tier := c.tier;
+				v_open := v_now_open;
+				v_dist := c.dist;
+			END LOOP;
+			EXIT WHEN NOT v_redo;
+			v_exact := true;
 		END LOOP;
 
 		IF v_chosen IS NULL AND NOT v_contended THEN
@@ -701,9 +772,13 @@ AS $$
 	    p_max_offers, p_max_age_s, p_retry_s, p_origin, 'emit')
 $$;
 
--- Dispatches one incident in its own subtransaction; a failure leaves it
--- due again for the scan.
-CREATE FUNCTION gridd_dispatch_guarded(p_incident bigint,
+-- Dispatches one incident in its own subtransaction (a failure leaves it
+-- due again for the scan), with the events left to the caller: the rows
+-- say what happened ('offered', 'escalated'), and the caller writes the
+-- events of all its items in one call at its end, so that the department's
+-- sequence row is locked for that call and the commit only, not while
+-- workers are chosen.
+CREATE FUNCTION gridd_dispatch_guarded_collect(p_incident bigint,
     p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
     p_retry_s integer, p_origin text)
 RETURNS SETOF gridd_dispatch_row
@@ -714,8 +789,9 @@ DECLARE
 BEGIN
 	BEGIN
 		SELECT array_agg(r) INTO v_rows
-		FROM gridd_dispatch_one(p_incident, p_timeout_s, p_max_offers,
-		    p_max_age_s, p_retry_s, p_origin) r;
+		FROM gridd_dispatch_choose(p_incident, p_timeout_s,
+		    p_max_offers, p_max_age_s, p_retry_s, p_origin,
+		    'collect') r;
 	EXCEPTION WHEN OTHERS THEN
 		RAISE WARNING 'gridd dispatch of incident % failed: % (%)',
 		    p_incident, SQLERRM, SQLSTATE;
@@ -729,16 +805,35 @@ BEGIN
 END
 $$;
 
+-- Writes the events of the 'offered' and 'escalated' rows of a collected
+-- dispatch, in row order, in one call (gridd_dispatch_emit).
+CREATE FUNCTION gridd_dispatch_emit_rows(p_rows gridd_dispatch_row[])
+RETURNS void
+LANGUAGE sql
+AS $$
+	SELECT gridd_dispatch_emit(
+	    array_agg(r.incident_id ORDER BY r.ordinality),
+	    array_agg(CASE r.outcome WHEN 'offered' THEN 'dispatched'
+		ELSE 'escalated' END ORDER BY r.ordinality),
+	    array_agg(CASE WHEN r.outcome = 'offered' THEN r.worker_id END
+		ORDER BY r.ordinality),
+	    array_agg(CASE r.outcome WHEN 'offered' THEN 'offered: ' || r.reason
+		ELSE 'no worker: ' || r.detail END ORDER BY r.ordinality))
+	FROM unnest(p_rows) WITH ORDINALITY AS r
+	WHERE r.outcome IN ('offered', 'escalated')
+$$;
+
 -- The incidents named (from NOTIFY gridd_dispatch), each claimed with SKIP
 -- LOCKED: an incident another process is dispatching right now is its.
-CREATE FUNCTION gridd_dispatch_incidents(p_ids bigint[], p_timeout_s integer,
-    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
-    p_origin text)
+CREATE FUNCTION gridd_dispatch_incidents(p_ids bigint[],
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
 RETURNS SETOF gridd_dispatch_row
 LANGUAGE plpgsql
 AS $$
 DECLARE
 	v_id bigint;
+	v_rows gridd_dispatch_row[] := '{}';
 BEGIN
 	FOR v_id IN SELECT i.incident_id FROM incidents i
 	    WHERE i.incident_id = ANY (p_ids) AND i.route = 'worker'
@@ -747,24 +842,27 @@ BEGIN
 	    ORDER BY i.incident_id
 	    FOR NO KEY UPDATE SKIP LOCKED
 	LOOP
-		RETURN QUERY SELECT * FROM gridd_dispatch_guarded(v_id,
-		    p_timeout_s, p_max_offers, p_max_age_s, p_retry_s,
-		    p_origin);
+		v_rows := v_rows || ARRAY(SELECT r FROM
+		    gridd_dispatch_guarded_collect(v_id, p_timeout_s,
+		    p_max_offers, p_max_age_s, p_retry_s, p_origin) r);
 	END LOOP;
+	PERFORM gridd_dispatch_emit_rows(v_rows);
+	RETURN QUERY SELECT * FROM unnest(v_rows);
 END
 $$;
 
 -- Whatever is due: new incidents whose NOTIFY was missed, escalated ones up
 -- for a retry, items that failed or met a busy worker.
-CREATE FUNCTION gridd_dispatch_scan(p_limit integer, p_timeout_s integer,
-    p_max_offers integer, p_max_age_s integer, p_retry_s integer,
-    p_origin text)
+CREATE FUNCTION gridd_dispatch_scan(p_limit integer,
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
 RETURNS SETOF gridd_dispatch_row
 LANGUAGE plpgsql
 AS $$
 DECLARE
 	v_id bigint;
 	v_n integer := 0;
+	v_rows gridd_dispatch_row[] := '{}';
 BEGIN
 	PERFORM gridd_dispatch_publish(p_limit, p_timeout_s, p_max_offers,
 	    p_max_age_s, p_retry_s, p_origin);
@@ -777,10 +875,12 @@ BEGIN
 	    FOR NO KEY UPDATE SKIP LOCKED
 	LOOP
 		v_n := v_n + 1;
-		RETURN QUERY SELECT * FROM gridd_dispatch_guarded(v_id,
-		    p_timeout_s, p_max_offers, p_max_age_s, p_retry_s,
-		    p_origin);
+		v_rows := v_rows || ARRAY(SELECT r FROM
+		    gridd_dispatch_guarded_collect(v_id, p_timeout_s,
+		    p_max_offers, p_max_age_s, p_retry_s, p_origin) r);
 	END LOOP;
+	PERFORM gridd_dispatch_emit_rows(v_rows);
+	RETURN QUERY SELECT * FROM unnest(v_rows);
 	IF v_n >= p_limit THEN
 		RETURN NEXT gridd_drow('more', NULL, v_n, NULL, NULL);
 	END IF;
@@ -789,64 +889,45 @@ $$;
 
 -- Dispatch at the feed's commit -------------------------------------------------
 
--- A new incident for a worker is offered in the transaction that creates it,
--- when that transaction comes from a gridd process (its application_name
--- has a dispatch_origins row): the offer then commits with the push, costs
--- no commit of its own, and its NOTIFY reaches the processes as the push's
--- reply leaves.  Other writers (a tool, psql) leave the incident to the
--- NOTIFY gridd_dispatch and the scan, as does any failure here.
---
--- A row trigger notes the ids in a transaction-local setting; a deferred
--- constraint trigger runs once at commit, after everything the feed wrote
--- (its 'new' events come first), and dispatches them in id order, in one
--- subtransaction, with the events written last in one call.  At most
--- dispatch_batch of them: a group commit of a thousand items must not hold
--- its commit (and its departments' sequence rows) for seconds; the rest go
--- the NOTIFY way, in parallel statements.  At that
--- point the transaction holds the new incidents' rows and its departments'
--- sequence rows already; workers are taken with SKIP LOCKED, so the commit
--- never waits for another transaction here.
-CREATE FUNCTION gridd_dispatch_note_tg()
-RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	v_ids text := current_setting('gridd.dispatch_at_commit', true);
-BEGIN
-	PERFORM set_config('gridd.dispatch_at_commit',
-	    CASE WHEN coalesce(v_ids, '') = '' THEN NEW.incident_id::text
-		ELSE v_ids || ',' || NEW.incident_id::text END, true);
-	RETURN NULL;
-END
-$$;
+-- Dispatch at the push ---------------------------------------------------------
 
-CREATE FUNCTION gridd_dispatch_at_commit_tg()
-RETURNS trigger
+-- The new incidents for workers that a push created, offered in the push's
+-- own transaction (gridd_feed_push calls this before it writes any event,
+-- so no worker is chosen while a department's sequence row is held): the
+-- offer then commits with the push, costs no commit of its own, and its
+-- NOTIFY reaches the processes as the push's reply leaves.  At most
+-- dispatch_batch of them, in id order: a group commit of a thousand items
+-- must not hold its commit for seconds; the rest go the NOTIFY way
+-- (gridd_dispatch), in parallel statements.  Workers are taken with SKIP
+-- LOCKED, so the push never waits for another transaction here.  The
+-- events come back as arrays for gridd_dispatch_emit.  Only a gridd
+-- process (one with a dispatch_origins row for its application_name) does
+-- this; any failure undoes the offers (one subtransaction) and leaves the
+-- incidents to NOTIFY gridd_dispatch and the scan.
+CREATE FUNCTION gridd_dispatch_pushed(p_ids bigint[], OUT o_inc bigint[],
+    OUT o_st text[], OUT o_wk text[], OUT o_nt text[])
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	v_ids text := current_setting('gridd.dispatch_at_commit', true);
 	o dispatch_origins%ROWTYPE;
 	r gridd_dispatch_row;
 	v_id bigint;
-	v_inc bigint[] := '{}';
-	v_st text[] := '{}';
-	v_wk text[] := '{}';
-	v_nt text[] := '{}';
 BEGIN
-	IF coalesce(v_ids, '') = '' THEN
-		RETURN NULL;	-- done by the first of the batch
+	o_inc := '{}';
+	o_st := '{}';
+	o_wk := '{}';
+	o_nt := '{}';
+	IF coalesce(cardinality(p_ids), 0) = 0 THEN
+		RETURN;
 	END IF;
-	PERFORM set_config('gridd.dispatch_at_commit', '', true);
 	SELECT * INTO o FROM dispatch_origins
 	WHERE app_name = current_setting('application_name');
 	IF NOT FOUND THEN
-		RETURN NULL;
+		RETURN;
 	END IF;
 	BEGIN
 		FOR v_id IN SELECT i.incident_id FROM incidents i
-		    WHERE i.incident_id = ANY (string_to_array(v_ids,
-			',')::bigint[])
+		    WHERE i.incident_id = ANY (p_ids)
 		    AND i.route = 'worker' AND i.status = 'new'
 		    ORDER BY i.incident_id LIMIT o.batch
 		LOOP
@@ -855,41 +936,33 @@ BEGIN
 			    o.checkin_max_age_s, o.retry_s, o.instance, 'commit')
 			LOOP
 				IF r.outcome = 'offered' THEN
-					v_inc := v_inc || r.incident_id;
-					v_st := v_st || 'dispatched'::text;
-					v_wk := v_wk || r.worker_id;
-					v_nt := v_nt || ('offered: ' ||
+					o_inc := o_inc || r.incident_id;
+					o_st := o_st || 'dispatched'::text;
+					o_wk := o_wk || r.worker_id;
+					o_nt := o_nt || ('offered: ' ||
 					    r.reason);
 				ELSIF r.outcome = 'escalated' THEN
-					v_inc := v_inc || r.incident_id;
-					v_st := v_st || 'escalated'::text;
-					v_wk := v_wk || NULL::text;
-					v_nt := v_nt || ('no worker: ' ||
+					o_inc := o_inc || r.incident_id;
+					o_st := o_st || 'escalated'::text;
+					o_wk := o_wk || NULL::text;
+					o_nt := o_nt || ('no worker: ' ||
 					    r.detail);
 				END IF;
 			END LOOP;
 		END LOOP;
-		PERFORM gridd_dispatch_emit(v_inc, v_st, v_wk, v_nt);
 	EXCEPTION WHEN OTHERS THEN
-		-- Undone, offers and NOTIFYs alike; the incidents stay due,
-		-- and the feed's NOTIFY gridd_dispatch brings a dispatcher.
-		RAISE WARNING 'gridd dispatch at commit failed: % (%)',
+		RAISE WARNING 'gridd dispatch at push failed: % (%)',
 		    SQLERRM, SQLSTATE;
+		o_inc := '{}';
+		o_st := '{}';
+		o_wk := '{}';
+		o_nt := '{}';
 	END;
-	RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER incidents_dispatch_note AFTER INSERT ON incidents
-	FOR EACH ROW WHEN (NEW.route = 'worker' AND NEW.status = 'new')
-	EXECUTE FUNCTION gridd_dispatch_note_tg();
-CREATE CONSTRAINT TRIGGER incidents_dispatch_at_commit AFTER INSERT
-	ON incidents DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.route = 'worker' AND NEW.status = 'new')
-	EXECUTE FUNCTION gridd_dispatch_at_commit_tg();
-
--- A process's settings for gridd_dispatch_at_commit_tg (see
--- dispatch_origins); written with every scan.
+-- A process's settings for gridd_dispatch_pushed (see dispatch_origins);
+-- written with every scan.
 CREATE FUNCTION gridd_dispatch_publish(p_batch integer, p_timeout_s integer,
     p_max_offers integer, p_max_age_s integer, p_retry_s integer,
     p_origin text)

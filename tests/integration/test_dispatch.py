@@ -361,6 +361,25 @@ def test_illegal_transitions_conflict():
     c1.close()
 
 
+def test_offer_is_made_in_the_push_transaction():
+    # With a worker on duty, the push's own transaction makes the offer
+    # (gridd_dispatch_pushed): the same now() as the incident, and the
+    # 'dispatched' event numbered right after the 'new' one.
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    inc = new_incident(tag, 1)
+    o = dc.recv_offer(c1, inc)
+    same = psql1("SELECT a.offered_at = i.created_at FROM assignments a "
+                 "JOIN incidents i USING (incident_id) "
+                 "WHERE a.assignment_id = %d" % o.assignment_id, e["db"])
+    assert same == "t", same
+    rows = psql("SELECT status FROM events WHERE incident_id = %d AND "
+                "department_id = 'civil' ORDER BY dept_seq" % inc, e["db"])
+    assert [r[0] for r in rows][:2] == ["new", "dispatched"], rows
+    c1.close()
+
+
 def test_wrong_worker_forbidden():
     e = env()
     tag, (w1, w2) = community([([1], 5), ([2], 5)])
