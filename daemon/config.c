@@ -241,6 +241,9 @@ static const struct key_def keys[] = {
 	KC(P, "dispatch_batch", CFG_T_INT, dispatch_batch, "32", 1, 64, 0,
 	    "incidents, timers or worker actions handled per database "
 	    "statement"),
+	KC(P, "push_offer_max", CFG_T_INT, push_offer_max, "1000", 1, 1000000,
+	    0, "new incidents offered inside one push transaction; the rest "
+	    "are offered right after its commit"),
 
 	KA("key_sha256", CFG_T_SHA256, key_sha256, NULL, F_REQ,
 	    "SHA-256 of the admin's key"),

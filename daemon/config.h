@@ -148,6 +148,7 @@ struct cfg {
 	int checkin_history;		/* check-in rows kept per worker */
 	int scan_interval_s;		/* dispatch and timer safety scan */
 	int dispatch_batch;		/* incidents or timers per statement */
+	int push_offer_max;		/* offers made in one push transaction */
 
 	struct cfg_admin *admins;
 	size_t n_admins;

@@ -860,8 +860,8 @@ static void
 scan_start(void)
 {
 	struct disp_settings s;
-	const char *params[1 + DISP_N_SETTINGS];
-	char limit[12];
+	const char *params[2 + DISP_N_SETTINGS];
+	char limit[12], push_max[12];
 
 	if (!d.running || gridd.stopping)
 		return;
@@ -870,12 +870,17 @@ scan_start(void)
 		return;
 	}
 	snprintf(limit, sizeof(limit), "%d", gridd.cfg->dispatch_batch);
+	/* The scan also publishes this process's settings for the offers
+	 * made inside its pushes (dispatch_origins). */
+	snprintf(push_max, sizeof(push_max), "%d", gridd.cfg->push_offer_max);
 	disp_settings(&s);
 	params[0] = limit;
-	memcpy(params + 1, s.p, sizeof(s.p));
+	params[1] = push_max;
+	memcpy(params + 2, s.p, sizeof(s.p));
 	if (!db_query(gridd.db, "SELECT " ROW_COLS " FROM"
 	    " gridd_dispatch_scan($1::int, $2::int, $3::int, $4::int,"
-	    " $5::int, $6)", 1 + DISP_N_SETTINGS, params, scan_done_cb, NULL)) {
+	    " $5::int, $6::int, $7)", 2 + DISP_N_SETTINGS, params,
+	    scan_done_cb, NULL)) {
 		scan_arm(1000);
 		return;
 	}

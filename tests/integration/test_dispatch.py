@@ -7,6 +7,7 @@ elderly_visit: assist list, small matter, routed to the cell's worker).
 """
 
 import os
+import subprocess
 import sys
 import time
 
@@ -378,6 +379,106 @@ def test_offer_is_made_in_the_push_transaction():
                 "department_id = 'civil' ORDER BY dept_seq" % inc, e["db"])
     assert [r[0] for r in rows][:2] == ["new", "dispatched"], rows
     c1.close()
+
+
+class held_worker:
+    """A worker's row held by another transaction (as an offer, a check-in
+    or an answer holds it) for the with-block, at most `seconds`."""
+
+    def __init__(self, dbname, worker_id, seconds=20):
+        self.dbname = dbname
+        self.app = dc.unique("hold")
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             harness.conninfo(dbname) + " application_name=" + self.app,
+             "-c", "BEGIN; SELECT 1 FROM workers WHERE worker_id = '%s'"
+             " FOR NO KEY UPDATE; SELECT pg_sleep(%d); ROLLBACK"
+             % (worker_id, seconds)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self):
+        dc.wait_for(lambda: psql1(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name"
+            " = '%s' AND query LIKE '%%pg_sleep%%'" % self.app,
+            self.dbname) == "1", what="the worker's row held")
+        return self
+
+    def __exit__(self, *exc):
+        psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+             " WHERE application_name = '%s'" % self.app, self.dbname)
+        self.proc.communicate(timeout=30)
+
+
+def test_held_worker_passed_over_for_an_equal_one():
+    # Two workers of the cell at one spot, both idle: they rank equal, and
+    # the dispatcher (here the NOTIFY path, not a push) takes the second
+    # when the first is held, instead of waiting for the first.
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([1], 5)])
+    c1 = on_duty_worker(w1, 1)
+    c2 = on_duty_worker(w2, 1)
+    with held_worker(e["db"], w1):
+        inc = dc.sql_incident(e["db"], tag, 1)
+        o = dc.recv_offer(c2, inc, timeout=3)
+        assert o.reason == "primary_cell", o
+    dc.no_offer(c1, 0.3)
+    for c in (c1, c2):
+        c.close()
+
+
+def test_held_worker_waited_for_when_better():
+    # The held worker is nearer: the incident waits for it rather than go
+    # to the worse candidate, and gets it once the row is free.
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([1], 5)])
+    c1 = on_duty_worker(w1, 1)		# near
+    c2 = on_duty_worker(w2, 3)		# far
+    with held_worker(e["db"], w1):
+        inc = dc.sql_incident(e["db"], tag, 1)
+        dc.no_offer(c2, 1.5)
+        assert dc.assignments_of(e["db"], inc) == []
+    o = dc.recv_offer(c1, inc, timeout=5)
+    assert o.reason == "nearest", o
+    for c in (c1, c2):
+        c.close()
+
+
+def test_push_offer_max_leaves_the_rest_to_the_dispatcher():
+    # push_offer_max = 1 (a second daemon on the same database): of three
+    # new incidents in one push, the first is offered inside the push's
+    # transaction and the other two right after its commit.
+    e = env()
+    cfg = harness.write_config(
+        harness.tmppath("dispatch-pushmax.conf"), dbname=e["db"],
+        dispatch__push_offer_max=1, dispatch__merge_radius_m=0)
+    g = harness.Gridd(cfg).start()
+    try:
+        tag, (w1,) = community([([1], 5)])
+        c1 = dc.worker_client(cfg.addr, w1)
+        dc.check_in(c1, True, dc.cell_point(tag, 1))
+        civil = harness.Client(cfg.addr)
+        harness.login_department(civil, "civil")
+        lon, lat = dc.cell_point(tag, 1)
+        items = [pb.IncidentIn(ext_id=dc.unique("pm-"), category="MZ01",
+                               lon=lon + i * 1e-5, lat=lat,
+                               occurred_at=int(time.time() * 1000),
+                               description="push_offer_max")
+                 for i in range(3)]
+        rep = expect_body(civil.request("push_incidents", incidents=items),
+                          "push_incidents_reply")
+        incs = sorted(r.incident_id for r in rep.results)
+        assert len(incs) == 3 and incs[0] > 0, rep
+        got = {dc.recv_offer(c1).incident_id for _ in range(3)}
+        assert got == set(incs), (got, incs)
+        same = psql("SELECT a.incident_id, a.offered_at = i.created_at"
+                    " FROM assignments a JOIN incidents i USING (incident_id)"
+                    " WHERE a.incident_id IN (%s) ORDER BY 1"
+                    % ",".join(map(str, incs)), e["db"])
+        assert [r[1] for r in same] == ["t", "f", "f"], same
+        for c in (c1, civil):
+            c.close()
+    finally:
+        g.stop()
 
 
 def test_wrong_worker_forbidden():
