@@ -999,7 +999,7 @@ static struct {
 	    offers_unknown,
 	    offer_before_reply, accepts_sent, accept_errors, updates,
 	    updates_matched;
-	struct lat reply_offer, send_offer, accept_update;
+	struct lat reply_offer, send_offer, accept_update, push_reply;
 	char first_error[256];
 } D;
 
@@ -1155,6 +1155,9 @@ dispatch_push_reply_cb(struct bc *c, const Gridd__V1__Envelope *env,
 
 	UNUSED(c);
 	UNUSED(arg);
+	/* How long the department waits for its push: the offers ride on the
+	 * same commit, so this is the rest of send -> offer. */
+	lat_add(&D.push_reply, now - sent);
 	if (env->body_case != GRIDD__V1__ENVELOPE__BODY_PUSH_INCIDENTS_REPLY) {
 		if (D.push_errors++ == 0 && D.first_error[0] == '\0')
 			snprintf(D.first_error, sizeof(D.first_error),
@@ -1341,11 +1344,13 @@ run_dispatch(struct jw *w)
 			D.offers_unknown++;
 	printf("dispatch: workers=%d ready=%d rate=%.0f/s pushed=%lld "
 	    "accepted=%lld offers=%lld (%.0f/s) reply->offer p50=%.2fms "
-	    "p99=%.2fms accept->update p50=%.2fms p99=%.2fms%s%s\n",
+	    "p99=%.2fms push reply p50=%.2fms p99=%.2fms "
+	    "accept->update p50=%.2fms p99=%.2fms%s%s\n",
 	    D.nw, R.ready - 1, O.rate, (long long)D.pushed,
 	    (long long)D.accepted_items, (long long)D.offers,
 	    secs > 0 ? (double)D.offers / secs : 0,
 	    lat_pct_ms(&D.reply_offer, 50), lat_pct_ms(&D.reply_offer, 99),
+	    lat_pct_ms(&D.push_reply, 50), lat_pct_ms(&D.push_reply, 99),
 	    lat_pct_ms(&D.accept_update, 50), lat_pct_ms(&D.accept_update, 99),
 	    D.first_error[0] ? " first_error=" : "", D.first_error);
 	jw_int(w, "workers", D.nw);
@@ -1371,6 +1376,7 @@ run_dispatch(struct jw *w)
 	jw_str(w, "first_error", D.first_error);
 	jw_lat(w, "reply_to_offer", &D.reply_offer);
 	jw_lat(w, "send_to_offer", &D.send_offer);
+	jw_lat(w, "push_reply", &D.push_reply);
 	jw_lat(w, "accept_to_update", &D.accept_update);
 	return D.offers > 0 ? 0 : 1;
 }

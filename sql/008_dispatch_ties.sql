@@ -406,9 +406,6 @@ $$;
 COMMENT ON COLUMN dispatch_origins.batch IS
     'push_offer_max of the process: new incidents offered inside one push';
 
-DROP FUNCTION gridd_dispatch_scan(integer, integer, integer, integer,
-    integer, text);
-
 -- Whatever is due: new incidents whose NOTIFY was missed or that a push
 -- left over, escalated ones up for a retry, items that failed or met a busy
 -- worker.  p_push_max is published for gridd_dispatch_pushed.
@@ -444,4 +441,16 @@ BEGIN
 		RETURN NEXT gridd_drow('more', NULL, v_n, NULL, NULL);
 	END IF;
 END
+$$;
+
+-- The scan of 004, for a process of the previous version still running
+-- beside upgraded ones: its limit stays its push limit, as it was.
+CREATE OR REPLACE FUNCTION gridd_dispatch_scan(p_limit integer,
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
+RETURNS SETOF gridd_dispatch_row
+LANGUAGE sql
+AS $$
+	SELECT * FROM gridd_dispatch_scan(p_limit, p_limit, p_timeout_s,
+	    p_max_offers, p_max_age_s, p_retry_s, p_origin)
 $$;
