@@ -177,7 +177,8 @@ bdb_setup_workers(const char *conninfo, const char *prefix, size_t n,
 	    "    m.geom))) "
 	    "FROM workers w JOIN communities m USING (community_id) "
 	    "LEFT JOIN LATERAL (SELECT geom FROM buildings x "
-	    "    WHERE x.cell_id = w.primary_cell LIMIT 1) b ON true "
+	    "    WHERE x.cell_id = w.primary_cell "
+	    "    ORDER BY random() LIMIT 1) b ON true "
 	    "WHERE w.worker_id LIKE $1 || '%' AND length(w.worker_id) = "
 	    "    length($1) + 6 "
 	    "ORDER BY w.worker_id LIMIT $2::bigint",

@@ -38,7 +38,9 @@ struct bworker {
 /* Creates or updates n workers PREFIX000000.. spread over the current
  * cells round-robin (primary cell; max_open high so accepted offers never
  * block the next), all with one password hashed as the daemon stores it
- * (PBKDF2-SHA256, iterations given). Fills out (n entries). */
+ * (PBKDF2-SHA256, iterations given). Fills out (n entries), each with a
+ * random building of the worker's cell to check in at: workers of one cell
+ * stand at different spots, so that the nearest one is a real choice. */
 bool bdb_setup_workers(const char *conninfo, const char *prefix, size_t n,
     const char *password, int iterations, struct bworker **out,
     char *err, size_t errlen) WUR;

@@ -1155,15 +1155,15 @@ dispatch_push_reply_cb(struct bc *c, const Gridd__V1__Envelope *env,
 
 	UNUSED(c);
 	UNUSED(arg);
-	/* How long the department waits for its push: the offers ride on the
-	 * same commit, so this is the rest of send -> offer. */
-	lat_add(&D.push_reply, now - sent);
 	if (env->body_case != GRIDD__V1__ENVELOPE__BODY_PUSH_INCIDENTS_REPLY) {
 		if (D.push_errors++ == 0 && D.first_error[0] == '\0')
 			snprintf(D.first_error, sizeof(D.first_error),
 			    "push: %s", error_text(env));
 		return;
 	}
+	/* How long the department waits for its push: the offers made
+	 * inside it ride on the same commit. */
+	lat_add(&D.push_reply, now - sent);
 	for (size_t i = 0; i < env->push_incidents_reply->n_results; i++) {
 		Gridd__V1__PushResult *pr = env->push_incidents_reply->results[i];
 		struct drec *r;

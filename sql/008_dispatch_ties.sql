@@ -1,18 +1,17 @@
 -- 008_dispatch_ties.sql - offers under load: a held worker no longer stalls
 -- an incident that an equal candidate can take, the nearest-position
 -- distance is measured once, and the offers made inside a push have their
--- own limit (push_offer_max) instead of dispatch_batch.
+-- own limits (push_offer_max, and a time budget) instead of dispatch_batch.
 --
 -- The migration runner wraps this file in one transaction.
 --
--- Measured with scripts/bench dispatch (10,000 workers, 1,000 incidents/s),
--- before: most new incidents were offered after the push's commit by the
--- dispatcher (dispatch_batch = 32 capped the offers made in a group commit
--- of hundreds), and there a candidate held by another transaction sent the
--- incident back to wait 50 ms, again and again when every worker of a cell
--- stood at one spot with the same load: push reply -> offer p50 150 ms,
--- p99 2.4 s.  After: p50 0 (the offer arrives with the reply), p99 under
--- 10 ms.
+-- Why: under scripts/bench dispatch (10,000 workers, 1,000 incidents/s),
+-- most new incidents were offered after the push's commit by the
+-- dispatcher, because dispatch_batch (32) also capped the offers made in a
+-- group commit of hundreds; there a candidate held by another transaction
+-- sent the incident back to wait 50 ms, again and again while the cell's
+-- workers ranked equal.  The figures before and after are in the README
+-- and bench/results.md.
 
 -- As in 004_dispatch.sql, with two changes:
 --
@@ -21,7 +20,12 @@
 --     load and measured distance: the order between them is only the
 --     worker id).  Only when the next one ranks lower does the incident
 --     wait for the held one ('retry'), as before.  Before, every equal
---     candidate was left behind the first held one.
+--     candidate was left behind the first held one.  "Equal" is judged on
+--     this snapshot: a worker held by an answer that will lower its load,
+--     or by a check-in that will move it nearer, may have been about to
+--     rank first; it is passed over all the same, as it is in a push.
+--     Equal candidates found full after a held one are skipped and the
+--     pass goes on, where 004 stopped at the held one.
 --   * The distances of the candidates' positions are measured in a
 --     materialized step, once per position.  Inlined, the planner had
 --     moved ST_Distance into the sort key, once per candidate.
@@ -396,6 +400,77 @@ BEGIN
 		    'no worker: ' || v_short);
 	END IF;
 	RETURN NEXT gridd_drow('escalated', v_short, NULL, p_incident, NULL);
+END
+$$;
+
+-- As in 004_dispatch.sql, with a time budget: no further offer is made
+-- once the push's statement has run for half of its statement_timeout (the
+-- daemon sets one for every session and transaction).  The incidents left
+-- are offered right after the commit (NOTIFY gridd_dispatch), as those
+-- beyond push_offer_max are.  Without it, offers that a loaded database
+-- makes slowly could push the statement past its timeout, and the whole
+-- group commit, with every department's items in it, would be refused.
+CREATE OR REPLACE FUNCTION gridd_dispatch_pushed(p_ids bigint[],
+    OUT o_inc bigint[], OUT o_st text[], OUT o_wk text[], OUT o_nt text[])
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	o dispatch_origins%ROWTYPE;
+	r gridd_dispatch_row;
+	v_id bigint;
+	v_budget interval;
+BEGIN
+	o_inc := '{}';
+	o_st := '{}';
+	o_wk := '{}';
+	o_nt := '{}';
+	IF coalesce(cardinality(p_ids), 0) = 0 THEN
+		RETURN;
+	END IF;
+	SELECT * INTO o FROM dispatch_origins
+	WHERE app_name = current_setting('application_name');
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	v_budget := current_setting('statement_timeout')::interval / 2;
+	IF v_budget <= interval '0' THEN
+		v_budget := NULL;	-- no timeout, no budget
+	END IF;
+	BEGIN
+		FOR v_id IN SELECT i.incident_id FROM incidents i
+		    WHERE i.incident_id = ANY (p_ids)
+		    AND i.route = 'worker' AND i.status = 'new'
+		    ORDER BY i.incident_id LIMIT o.batch
+		LOOP
+			EXIT WHEN clock_timestamp() - statement_timestamp() >
+			    v_budget;
+			FOR r IN SELECT * FROM gridd_dispatch_choose(v_id,
+			    o.offer_timeout_s, o.max_offers,
+			    o.checkin_max_age_s, o.retry_s, o.instance, 'commit')
+			LOOP
+				IF r.outcome = 'offered' THEN
+					o_inc := o_inc || r.incident_id;
+					o_st := o_st || 'dispatched'::text;
+					o_wk := o_wk || r.worker_id;
+					o_nt := o_nt || ('offered: ' ||
+					    r.reason);
+				ELSIF r.outcome = 'escalated' THEN
+					o_inc := o_inc || r.incident_id;
+					o_st := o_st || 'escalated'::text;
+					o_wk := o_wk || NULL::text;
+					o_nt := o_nt || ('no worker: ' ||
+					    r.detail);
+				END IF;
+			END LOOP;
+		END LOOP;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE WARNING 'gridd dispatch at push failed: % (%)',
+		    SQLERRM, SQLSTATE;
+		o_inc := '{}';
+		o_st := '{}';
+		o_wk := '{}';
+		o_nt := '{}';
+	END;
 END
 $$;
 

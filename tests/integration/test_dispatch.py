@@ -397,10 +397,16 @@ class held_worker:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def __enter__(self):
-        dc.wait_for(lambda: psql1(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name"
-            " = '%s' AND query LIKE '%%pg_sleep%%'" % self.app,
-            self.dbname) == "1", what="the worker's row held")
+        # Asleep, so past the FOR NO KEY UPDATE before it.
+        try:
+            dc.wait_for(lambda: psql1(
+                "SELECT count(*) FROM pg_stat_activity WHERE"
+                " application_name = '%s' AND wait_event = 'PgSleep'"
+                % self.app, self.dbname) == "1",
+                what="the worker's row held")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -453,6 +459,11 @@ def test_push_offer_max_leaves_the_rest_to_the_dispatcher():
         dispatch__push_offer_max=1, dispatch__merge_radius_m=0)
     g = harness.Gridd(cfg).start()
     try:
+        # Its first scan publishes its limit; pushes before it would not
+        # offer inside their transaction at all.
+        dc.wait_for(lambda: psql1(
+            "SELECT count(*) FROM dispatch_origins WHERE batch = 1",
+            e["db"]) == "1", what="the second daemon's settings")
         tag, (w1,) = community([([1], 5)])
         c1 = dc.worker_client(cfg.addr, w1)
         dc.check_in(c1, True, dc.cell_point(tag, 1))
@@ -479,6 +490,69 @@ def test_push_offer_max_leaves_the_rest_to_the_dispatcher():
             c.close()
     finally:
         g.stop()
+
+
+def psql_script(sql, dbname):
+    """Runs sql as a script, each statement its own message (so that each
+    has its own statement_timestamp() and statement_timeout, unlike the
+    one message of psql -c); returns the rows."""
+    r = subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+         harness.conninfo(dbname), "-f", "-"],
+        input=sql, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (sql, r.stderr)
+    return [line.split("|") for line in r.stdout.splitlines() if line]
+
+
+def test_push_offers_stop_at_half_the_statement_timeout():
+    # gridd_dispatch_pushed makes no further offer once the push's
+    # statement has run for half its statement_timeout: here a statement
+    # that slept 0.6 s of its 1 s offers nothing, one with 20 s offers.
+    # In one transaction, rolled back: the daemon never sees these rows.
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1, 1)
+    lon, lat = dc.cell_point(tag, 1)
+    app = dc.unique("budget")
+    call = ("SELECT cardinality((gridd_dispatch_pushed(ARRAY(SELECT"
+            " incident_id FROM incidents WHERE summary = '%s'))).o_inc)"
+            % app)
+    rows = psql_script(
+        "BEGIN;"
+        " INSERT INTO dispatch_origins (app_name, instance, offer_timeout_s,"
+        " max_offers, checkin_max_age_s, retry_s, batch)"
+        " VALUES ('%(app)s', '%(app)s', 60, 3, 900, 10, 100);"
+        " SET LOCAL application_name = '%(app)s';"
+        " INSERT INTO incidents (community_id, cell_id, task_type, list,"
+        " matter, route, status, owner_department, funder_department,"
+        " departments, summary, geom, deadline) VALUES ('%(tag)s',"
+        " '%(tag)s-1', 'elderly_visit', 'assist', 'small', 'worker', 'new',"
+        " 'civil', 'civil', ARRAY['civil'], '%(app)s',"
+        " ST_SetSRID(ST_MakePoint(%(lon)r, %(lat)r), 4326),"
+        " now() + interval '1 day');"
+        " SET LOCAL statement_timeout = '1s';"
+        " WITH s AS MATERIALIZED (SELECT pg_sleep(0.6)) %(call)s FROM s;"
+        " SET LOCAL statement_timeout = '20s';"
+        " %(call)s;"
+        " ROLLBACK;" % dict(app=app, tag=tag, lon=lon, lat=lat, call=call),
+        e["db"])
+    assert [r[0] for r in rows] == ["0", "1"], rows
+    dc.no_offer(c1, 0.3)
+    c1.close()
+
+
+def test_scan_of_the_previous_version_still_works():
+    # A process not yet upgraded calls the six-argument scan: it still
+    # scans, and publishes its limit as its push limit, as 004 did.
+    e = env()
+    app = dc.unique("oldscan")
+    rows = psql_script(
+        "BEGIN; SET LOCAL application_name = '%s';"
+        " SELECT count(*) >= 0 FROM gridd_dispatch_scan(1, 60, 3, 900, 10,"
+        " 'old-process');"
+        " SELECT batch FROM dispatch_origins WHERE app_name = '%s';"
+        " ROLLBACK;" % (app, app), e["db"])
+    assert [r[0] for r in rows] == ["t", "1"], rows
 
 
 def test_wrong_worker_forbidden():
