@@ -171,6 +171,17 @@ bdb_setup_workers(const char *conninfo, const char *prefix, size_t n,
 		return false;
 	}
 	PQclear(r);
+	/* Statistics for the rows just written: the first run would
+	 * otherwise plan the candidate queries on an empty table's. */
+	r = PQexec(pg, "ANALYZE workers");
+	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+		snprintf(err, errlen, "analyzing workers: %s",
+		    PQresultErrorMessage(r));
+		PQclear(r);
+		PQfinish(pg);
+		return false;
+	}
+	PQclear(r);
 	r = PQexecParams(pg,
 	    "SELECT w.worker_id, coalesce(ST_X(b.geom), ST_X(ST_PointOnSurface("
 	    "    m.geom))), coalesce(ST_Y(b.geom), ST_Y(ST_PointOnSurface("
