@@ -171,8 +171,9 @@ bdb_setup_workers(const char *conninfo, const char *prefix, size_t n,
 		return false;
 	}
 	PQclear(r);
-	/* Statistics for the rows just written: the first run would
-	 * otherwise plan the candidate queries on an empty table's. */
+	/* Statistics taken now, with every worker off duty, as autovacuum may
+	 * take them in a city at night: the daemon's plans must not depend
+	 * on when that was (sql/008_dispatch_ties.sql). */
 	r = PQexec(pg, "ANALYZE workers");
 	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 		snprintf(err, errlen, "analyzing workers: %s",

@@ -555,6 +555,31 @@ def test_scan_of_the_previous_version_still_works():
     assert [r[0] for r in rows] == ["t", "1"], rows
 
 
+def test_worker_plans_do_not_depend_on_who_was_on_duty():
+    # Statistics taken while every worker was off duty (a city at night)
+    # must not make the lock of one worker, by id, read anything but the
+    # primary key: an index over on-duty workers only then looks empty to
+    # the planner, and it read every on-duty worker for each lock.  In one
+    # transaction, rolled back (ANALYZE is transactional).
+    e = env()
+    tag = dc.unique("night")
+    dc.make_community(e["db"], tag)
+    h = "pbkdf2-sha256$1000$" + "0" * 16 + "$" + "0" * 64
+    rows = psql_script(
+        "BEGIN;"
+        " INSERT INTO workers (worker_id, community_id, password_hash,"
+        " primary_cell, on_duty) SELECT '%(t)s-' || i, '%(t)s', '%(h)s',"
+        " '%(t)s-' || (1 + i %% 3), false FROM generate_series(1, 5000) i;"
+        " ANALYZE workers;"
+        " UPDATE workers SET on_duty = true WHERE community_id = '%(t)s';"
+        " EXPLAIN (COSTS OFF) SELECT w.max_open, w.open_count FROM workers w"
+        " WHERE w.worker_id = '%(t)s-7' AND w.on_duty"
+        " FOR NO KEY UPDATE SKIP LOCKED;"
+        " ROLLBACK;" % dict(t=tag, h=h), e["db"])
+    plan = "\n".join(r[0] for r in rows)
+    assert "workers_pkey" in plan, plan
+
+
 def test_wrong_worker_forbidden():
     e = env()
     tag, (w1, w2) = community([([1], 5), ([2], 5)])
