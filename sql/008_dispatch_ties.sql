@@ -422,6 +422,42 @@ BEGIN
 END
 $$;
 
+-- As in 004_dispatch.sql, but the incidents are looked up by id through
+-- the primary key whatever the statistics say.  After a quiet spell, when
+-- no incident is waiting for a worker, the statistics make the partial
+-- incidents_dispatch_due_idx look empty, and while it is still small (the
+-- first incidents of a storm) the planner chose it for any query that
+-- implies its predicate (route = 'worker' and an open status), reading it
+-- whole for each lookup by id; a plan cached then keeps doing so as the
+-- storm fills it.  "i.route || ''" is the same condition, from which that
+-- predicate cannot be proved.  (The workers indexes above had the same
+-- trap.)
+CREATE OR REPLACE FUNCTION gridd_dispatch_incidents(p_ids bigint[],
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
+RETURNS SETOF gridd_dispatch_row
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_id bigint;
+	v_rows gridd_dispatch_row[] := '{}';
+BEGIN
+	FOR v_id IN SELECT i.incident_id FROM incidents i
+	    WHERE i.incident_id = ANY (p_ids) AND i.route || '' = 'worker'
+	    AND i.status IN ('new', 'dispatched', 'escalated')
+	    AND (i.next_try_at IS NULL OR i.next_try_at <> 'infinity')
+	    ORDER BY i.incident_id
+	    FOR NO KEY UPDATE SKIP LOCKED
+	LOOP
+		v_rows := v_rows || ARRAY(SELECT r FROM
+		    gridd_dispatch_guarded_collect(v_id, p_timeout_s,
+		    p_max_offers, p_max_age_s, p_retry_s, p_origin) r);
+	END LOOP;
+	PERFORM gridd_dispatch_emit_rows(v_rows);
+	RETURN QUERY SELECT * FROM unnest(v_rows);
+END
+$$;
+
 -- As in 004_dispatch.sql, with a time budget: no further offer is made
 -- once the push's statement has run for half of its statement_timeout (the
 -- daemon sets one for every session and transaction).  The incidents left
@@ -456,9 +492,11 @@ BEGIN
 		v_budget := NULL;	-- no timeout, no budget
 	END IF;
 	BEGIN
+		-- By id: "route || ''" keeps incidents_dispatch_due_idx
+		-- out of the plan (see gridd_dispatch_incidents below).
 		FOR v_id IN SELECT i.incident_id FROM incidents i
 		    WHERE i.incident_id = ANY (p_ids)
-		    AND i.route = 'worker' AND i.status = 'new'
+		    AND i.route || '' = 'worker' AND i.status = 'new'
 		    ORDER BY i.incident_id LIMIT o.batch
 		LOOP
 			EXIT WHEN clock_timestamp() - statement_timestamp() >

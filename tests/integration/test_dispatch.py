@@ -570,6 +570,7 @@ def test_worker_plans_do_not_depend_on_who_was_on_duty():
         " INSERT INTO workers (worker_id, community_id, password_hash,"
         " primary_cell, on_duty) SELECT '%(t)s-' || i, '%(t)s', '%(h)s',"
         " '%(t)s-' || (1 + i %% 3), false FROM generate_series(1, 5000) i;"
+        " UPDATE workers SET on_duty = false;"
         " ANALYZE workers;"
         " UPDATE workers SET on_duty = true WHERE community_id = '%(t)s';"
         " EXPLAIN (COSTS OFF) SELECT w.max_open, w.open_count FROM workers w"
@@ -578,6 +579,60 @@ def test_worker_plans_do_not_depend_on_who_was_on_duty():
         " ROLLBACK;" % dict(t=tag, h=h), e["db"])
     plan = "\n".join(r[0] for r in rows)
     assert "workers_pkey" in plan, plan
+
+
+def test_incident_lookups_by_id_do_not_depend_on_a_quiet_spell():
+    # After a quiet spell the statistics say that no incident waits for a
+    # worker, and the partial incidents_dispatch_due_idx looks empty; the
+    # lookups by id of the push and of the dispatcher must still read the
+    # primary key, not that index (which a storm then fills).  The plans of
+    # the functions' own statements, from auto_explain; in one
+    # transaction, rolled back.
+    e = env()
+    tag = dc.unique("quiet")
+    dc.make_community(e["db"], tag)
+    app = dc.unique("quietapp")
+    r = subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+         harness.conninfo(e["db"]), "-f", "-"],
+        input=(
+            "BEGIN;"
+            " INSERT INTO dispatch_origins (app_name, instance,"
+            " offer_timeout_s, max_offers, checkin_max_age_s, retry_s, batch)"
+            " VALUES ('%(app)s', '%(app)s', 60, 3, 900, 10, 100);"
+            " SET LOCAL application_name = '%(app)s';"
+            " INSERT INTO incidents (community_id, task_type, list, matter,"
+            " route, status, summary, deadline) SELECT '%(t)s',"
+            " 'elderly_visit', 'assist', 'small', 'worker', 'closed',"
+            " '%(t)s', now() FROM generate_series(1, 5000);"
+            # Nothing waits for a worker when the statistics are taken.
+            " UPDATE incidents SET status = 'closed';"
+            " ANALYZE incidents;"
+            # The first few of the storm: the index is still small.
+            " UPDATE incidents SET status = 'new' WHERE incident_id IN"
+            " (SELECT incident_id FROM incidents WHERE summary = '%(t)s'"
+            " LIMIT 20);"
+            " LOAD 'auto_explain';"
+            " SET LOCAL auto_explain.log_min_duration = 0;"
+            " SET LOCAL auto_explain.log_nested_statements = on;"
+            " SET LOCAL client_min_messages = log;"
+            " SELECT count(*) FROM gridd_dispatch_pushed(ARRAY(SELECT"
+            " incident_id FROM incidents WHERE summary = '%(t)s'"
+            " AND status = 'new' LIMIT 1));"
+            " SELECT count(*) FROM gridd_dispatch_incidents(ARRAY(SELECT"
+            " incident_id FROM incidents WHERE summary = '%(t)s'"
+            " AND status = 'new' OFFSET 1 LIMIT 1),"
+            " 60, 3, 900, 10, '%(app)s');"
+            " ROLLBACK;" % dict(t=tag, app=app)),
+        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    # Each LOG: "duration: ... plan:\nQuery Text: ...\n<plan>".
+    plans = [b for b in r.stderr.split("LOG:") if "incident_id = ANY (p_ids)"
+             in b]
+    assert len(plans) == 2, r.stderr[-3000:]
+    for b in plans:
+        assert "incidents_pkey" in b and "incidents_dispatch_due_idx" \
+            not in b, b
 
 
 def test_wrong_worker_forbidden():
