@@ -1048,9 +1048,14 @@ disp_worker_login(struct conn *c)
 	snprintf(limit, sizeof(limit), "%d", DISP_LOGIN_OFFERS_MAX);
 	params[0] = conn_principal(c);
 	params[1] = limit;
+	/* "state || ''": a plain state = 'offered' implies the predicate of
+	 * assignments_one_live_idx, which statistics taken while nothing was
+	 * live make look empty; the planner then read every live assignment
+	 * of the city for each login. By worker it is one worker's. */
 	if (!db_query(gridd.db, "SELECT 'offered'::text, NULL::text,"
 	    " NULL::bigint, v.* FROM gridd_offers_v v WHERE v.worker_id = $1"
-	    " AND v.state = 'offered' ORDER BY v.assignment_id LIMIT $2::int",
+	    " AND v.state || '' = 'offered' ORDER BY v.assignment_id"
+	    " LIMIT $2::int",
 	    2, params, login_offers_cb, lp)) {
 		conn_release(c);
 		free(lp);

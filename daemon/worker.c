@@ -180,9 +180,11 @@ worker_list_assignments(struct conn *c, const Gridd__V1__Envelope *env)
 	r->c = c;
 	r->request_id = env->request_id;
 	conn_hold(c);
+	/* "state || ''" keeps assignments_one_live_idx out of the plan, as
+	 * for the offers at login (dispatch.c). */
 	if (!db_query(gridd.db, "SELECT 'list'::text, NULL::text, NULL::bigint,"
 	    " v.* FROM gridd_offers_v v WHERE v.worker_id = $1"
-	    " AND (NOT $2::boolean OR v.state IN ('offered', 'accepted',"
+	    " AND (NOT $2::boolean OR v.state || '' IN ('offered', 'accepted',"
 	    " 'in_progress'))"
 	    " ORDER BY v.state IN ('offered', 'accepted', 'in_progress') DESC,"
 	    " v.assignment_id DESC LIMIT $3::int", 3, params, list_cb, r)) {

@@ -1,11 +1,12 @@
--- 009_incident_indexes.sql - two indexes on incidents that no query reads.
+-- 009_incident_indexes.sql - five indexes that every item pushed or every
+-- status change wrote and no statement reads.
 --
 -- The migration runner wraps this file in one transaction.
 --
 -- An incident for a worker is written three times on its way (the push's
 -- insert, the offer, the accept), and because its status is in the keys
 -- and predicates of the dispatch and merge indexes, none of those updates
--- is HOT: each one inserts into every index of the table.  Two of them
+-- is HOT: each one inserts into every index of the table.  Three of them
 -- serve no statement of gridd's:
 --
 --   incidents_cell_idx (cell_id, status): nothing looks incidents up by
@@ -13,10 +14,14 @@
 --   incidents_geom_idx, GiST over every incident: the merge search has its
 --     own partial index over open incidents (incidents_open_geom_idx), and
 --     nothing else searches incidents by place.
+--   incidents_deadline_idx (deadline) over open incidents not yet
+--     escalated: the SLA is watched through its timer row (timers), and
+--     nothing looks incidents up by deadline.
 --
 -- An operator's occasional query by cell or by place still runs; it scans.
 DROP INDEX incidents_cell_idx;
 DROP INDEX incidents_geom_idx;
+DROP INDEX incidents_deadline_idx;
 
 -- The same for two indexes written with every item pushed:
 --

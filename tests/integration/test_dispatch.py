@@ -555,82 +555,116 @@ def test_scan_of_the_previous_version_still_works():
     assert [r[0] for r in rows] == ["t", "1"], rows
 
 
+_quiet = {}
+
+
+def quiet_db():
+    """A migrated database of its own with no daemon on it: the plan tests
+    take statistics of whole tables, and must neither see other tests' rows
+    nor hold rows a daemon is working on."""
+    if not _quiet:
+        db = harness.fresh_database("gridd_plans")
+        for f in harness.migration_files():
+            with open(os.path.join(harness.SOURCE_DIR, "sql", f),
+                      encoding="utf-8") as fh:
+                psql_script("BEGIN;\n" + fh.read() + "\nCOMMIT;\n", db)
+        _quiet["db"] = db
+    return _quiet["db"]
+
+
+def logged_plans(script, dbname):
+    """Runs script with auto_explain on for every statement, nested ones
+    included; returns the logged plans, one text per statement."""
+    r = subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+         harness.conninfo(dbname), "-f", "-"],
+        input=script.replace(
+            "-- auto_explain --",
+            "LOAD 'auto_explain';"
+            " SET LOCAL auto_explain.log_min_duration = 0;"
+            " SET LOCAL auto_explain.log_nested_statements = on;"
+            " SET LOCAL client_min_messages = log;"),
+        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    # Each LOG: "duration: ... plan:\nQuery Text: ...\n<plan>".
+    return r.stderr.split("LOG:")
+
+
 def test_worker_plans_do_not_depend_on_who_was_on_duty():
     # Statistics taken while every worker was off duty (a city at night)
-    # must not make the lock of one worker, by id, read anything but the
-    # primary key: an index over on-duty workers only then looks empty to
-    # the planner, and it read every on-duty worker for each lock.  In one
-    # transaction, rolled back (ANALYZE is transactional).
-    e = env()
+    # once made an index over on-duty workers look empty, and the planner
+    # read every on-duty worker for the lock of one and for the backup-cell
+    # search.  The choice's own plans, after such statistics: the lock by
+    # the primary key, tier 2 by the backup-cell index.
+    db = quiet_db()
     tag = dc.unique("night")
-    dc.make_community(e["db"], tag)
+    dc.make_community(db, tag)
+    lon, lat = dc.cell_point(tag, 1)
     h = "pbkdf2-sha256$1000$" + "0" * 16 + "$" + "0" * 64
-    rows = psql_script(
+    plans = logged_plans(
         "BEGIN;"
         " INSERT INTO workers (worker_id, community_id, password_hash,"
         " primary_cell, on_duty) SELECT '%(t)s-' || i, '%(t)s', '%(h)s',"
         " '%(t)s-' || (1 + i %% 3), false FROM generate_series(1, 5000) i;"
-        " UPDATE workers SET on_duty = false;"
         " ANALYZE workers;"
-        " UPDATE workers SET on_duty = true WHERE community_id = '%(t)s';"
-        " EXPLAIN (COSTS OFF) SELECT w.max_open, w.open_count FROM workers w"
-        " WHERE w.worker_id = '%(t)s-7' AND w.on_duty"
-        " FOR NO KEY UPDATE SKIP LOCKED;"
-        " ROLLBACK;" % dict(t=tag, h=h), e["db"])
-    plan = "\n".join(r[0] for r in rows)
-    assert "workers_pkey" in plan, plan
+        " UPDATE workers SET on_duty = true, last_lon = %(lon)r,"
+        " last_lat = %(lat)r, last_checkin_at = now()"
+        " WHERE community_id = '%(t)s';\n"
+        "INSERT INTO incidents (community_id, cell_id, task_type, list,"
+        " matter, route, status, summary, geom, deadline) VALUES ('%(t)s',"
+        " '%(t)s-1', 'elderly_visit', 'assist', 'small', 'worker', 'new',"
+        " 'night', ST_SetSRID(ST_MakePoint(%(lon)r, %(lat)r), 4326),"
+        " now() + interval '1 day') RETURNING incident_id AS inc \\gset\n"
+        " -- auto_explain --\n"
+        " SELECT count(*) FROM gridd_dispatch_choose(:inc, 60, 3, 900, 10,"
+        " 'plans', 'collect');"
+        " ROLLBACK;" % dict(t=tag, h=h, lon=lon, lat=lat), db)
+    lock = [b for b in plans if "FOR NO KEY UPDATE SKIP LOCKED" in b
+            and "w.max_open" in b]
+    assert lock, plans[-3:]
+    for b in lock:
+        assert "workers_pkey" in b, b
+    cand = [b for b in plans if "WITH e AS" in b]
+    assert cand and "workers_backup_cells_idx" in cand[0], cand
 
 
 def test_incident_lookups_by_id_do_not_depend_on_a_quiet_spell():
     # After a quiet spell the statistics say that no incident waits for a
     # worker, and the partial incidents_dispatch_due_idx looks empty; the
     # lookups by id of the push and of the dispatcher must still read the
-    # primary key, not that index (which a storm then fills).  The plans of
-    # the functions' own statements, from auto_explain; in one
-    # transaction, rolled back.
-    e = env()
+    # primary key, not that index (which a storm then fills).
+    db = quiet_db()
     tag = dc.unique("quiet")
-    dc.make_community(e["db"], tag)
+    dc.make_community(db, tag)
     app = dc.unique("quietapp")
-    r = subprocess.run(
-        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-         harness.conninfo(e["db"]), "-f", "-"],
-        input=(
-            "BEGIN;"
-            " INSERT INTO dispatch_origins (app_name, instance,"
-            " offer_timeout_s, max_offers, checkin_max_age_s, retry_s, batch)"
-            " VALUES ('%(app)s', '%(app)s', 60, 3, 900, 10, 100);"
-            " SET LOCAL application_name = '%(app)s';"
-            " INSERT INTO incidents (community_id, task_type, list, matter,"
-            " route, status, summary, deadline) SELECT '%(t)s',"
-            " 'elderly_visit', 'assist', 'small', 'worker', 'closed',"
-            " '%(t)s', now() FROM generate_series(1, 5000);"
-            # Nothing waits for a worker when the statistics are taken.
-            " UPDATE incidents SET status = 'closed';"
-            " ANALYZE incidents;"
-            # The first few of the storm: the index is still small.
-            " UPDATE incidents SET status = 'new' WHERE incident_id IN"
-            " (SELECT incident_id FROM incidents WHERE summary = '%(t)s'"
-            " LIMIT 20);"
-            " LOAD 'auto_explain';"
-            " SET LOCAL auto_explain.log_min_duration = 0;"
-            " SET LOCAL auto_explain.log_nested_statements = on;"
-            " SET LOCAL client_min_messages = log;"
-            " SELECT count(*) FROM gridd_dispatch_pushed(ARRAY(SELECT"
-            " incident_id FROM incidents WHERE summary = '%(t)s'"
-            " AND status = 'new' LIMIT 1));"
-            " SELECT count(*) FROM gridd_dispatch_incidents(ARRAY(SELECT"
-            " incident_id FROM incidents WHERE summary = '%(t)s'"
-            " AND status = 'new' OFFSET 1 LIMIT 1),"
-            " 60, 3, 900, 10, '%(app)s');"
-            " ROLLBACK;" % dict(t=tag, app=app)),
-        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    # Each LOG: "duration: ... plan:\nQuery Text: ...\n<plan>".
-    plans = [b for b in r.stderr.split("LOG:") if "incident_id = ANY (p_ids)"
-             in b]
-    assert len(plans) == 2, r.stderr[-3000:]
-    for b in plans:
+    plans = logged_plans(
+        "BEGIN;"
+        " INSERT INTO dispatch_origins (app_name, instance,"
+        " offer_timeout_s, max_offers, checkin_max_age_s, retry_s, batch)"
+        " VALUES ('%(app)s', '%(app)s', 60, 3, 900, 10, 100);"
+        " SET LOCAL application_name = '%(app)s';"
+        " INSERT INTO incidents (community_id, task_type, list, matter,"
+        " route, status, summary, deadline) SELECT '%(t)s',"
+        " 'elderly_visit', 'assist', 'small', 'worker', 'closed',"
+        " '%(t)s', now() FROM generate_series(1, 5000);"
+        # Nothing waits for a worker when the statistics are taken.
+        " ANALYZE incidents;"
+        # The first few of the storm: the index is still small.
+        " UPDATE incidents SET status = 'new' WHERE incident_id IN"
+        " (SELECT incident_id FROM incidents WHERE summary = '%(t)s'"
+        " LIMIT 20);"
+        " -- auto_explain --\n"
+        " SELECT count(*) FROM gridd_dispatch_pushed(ARRAY(SELECT"
+        " incident_id FROM incidents WHERE summary = '%(t)s'"
+        " AND status = 'new' LIMIT 1));"
+        " SELECT count(*) FROM gridd_dispatch_incidents(ARRAY(SELECT"
+        " incident_id FROM incidents WHERE summary = '%(t)s'"
+        " AND status = 'new' OFFSET 1 LIMIT 1),"
+        " 60, 3, 900, 10, '%(app)s');"
+        " ROLLBACK;" % dict(t=tag, app=app), db)
+    byid = [b for b in plans if "incident_id = ANY (p_ids)" in b]
+    assert len(byid) == 2, plans[-3:]
+    for b in byid:
         assert "incidents_pkey" in b and "incidents_dispatch_due_idx" \
             not in b, b
 
