@@ -32,7 +32,24 @@ DROP INDEX workers_backup_on_duty_idx;
 CREATE INDEX workers_backup_cells_idx ON workers USING gin (backup_cells)
 	WITH (fastupdate = off) WHERE backup_cells <> '{}';
 
--- As in 004_dispatch.sql, with two changes:
+-- Why the chosen worker rather than the runner-up, when that is a matter
+-- of load or distance within one tier (NULL otherwise: the tier's own
+-- reason stands).  A runner-up with no measured distance is farther.
+CREATE FUNCTION gridd_dispatch_runner_up(p_tier integer, p_load integer,
+    p_dist double precision, p_next_tier integer, p_next_load integer,
+    p_next_dist double precision)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT CASE WHEN p_next_tier <> p_tier THEN NULL
+	    WHEN p_next_load > p_load THEN 'least_loaded'
+	    WHEN p_dist IS NOT NULL AND (p_next_dist IS NULL OR
+		p_next_dist > p_dist) THEN 'nearest'
+	    END
+$$;
+
+-- As in 004_dispatch.sql, with two changes (and the runner-up's reason in
+-- gridd_dispatch_runner_up, one copy for both passes):
 --
 --   * Fast pass, outside a push: a candidate whose row another transaction
 --     holds is passed over when the next one ranks equal to it (same tier,
@@ -201,16 +218,9 @@ BEGIN
 				IF v_chosen IS NOT NULL THEN
 					-- The runner-up explains the choice;
 					-- an unmeasured one is farther.
-					IF c.tier = v_tier THEN
-						IF c.load > v_open THEN
-							v_reason :=
-							    'least_loaded';
-						ELSIF v_dist IS NOT NULL AND
-						    (c.dist IS NULL OR
-						    c.dist > v_dist) THEN
-							v_reason := 'nearest';
-						END IF;
-					END IF;
+					v_reason := gridd_dispatch_runner_up(
+					    v_tier, v_open, v_dist, c.tier,
+					    c.load, c.dist);
 					EXIT;
 				END IF;
 				IF v_held AND NOT (c.tier = v_held_tier AND
@@ -318,17 +328,11 @@ BEGIN
 					CONTINUE;
 				END IF;
 				IF v_chosen IS NOT NULL THEN
-					IF v_reason IS NULL AND
-					    c.tier = v_tier THEN
-						IF c.load > v_open THEN
-							v_reason :=
-							    'least_loaded';
-						ELSIF v_dist IS NOT NULL AND
-						    (c.dist IS NULL OR
-						    c.dist > v_dist) THEN
-							v_reason := 'nearest';
-						END IF;
-					END IF;
+					-- Only reached with nothing chosen by
+					-- the fast pass: no reason yet.
+					v_reason := gridd_dispatch_runner_up(
+					    v_tier, v_open, v_dist, c.tier,
+					    c.load, c.dist);
 					EXIT;
 				END IF;
 				SELECT w.max_open, w.open_count
