@@ -671,6 +671,44 @@ def test_incident_lookups_by_id_do_not_depend_on_a_quiet_spell():
             not in b, b
 
 
+def test_merge_search_probes_the_open_incidents_index():
+    # The merge search of every pushed item probes incidents_open_geom_idx
+    # (SP-GiST since 010_ingest_cost.sql) with a box around the item; with
+    # thousands of open incidents around, a plan without it would read
+    # them all for each item.  The push's own plan, through auto_explain.
+    db = quiet_db()
+    tag = dc.unique("merge")
+    dc.make_community(db, tag)
+    lon, lat = dc.cell_point(tag, 1)
+    am = harness.psql1(
+        "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+        " WHERE c.relname = 'incidents_open_geom_idx'", db)
+    assert am == "spgist", am
+    plans = logged_plans(
+        "BEGIN;"
+        " INSERT INTO incidents (community_id, task_type, list, matter,"
+        " route, status, summary, geom) SELECT '%(t)s', 'elderly_visit',"
+        " 'assist', 'small', 'department', 'referred', '%(t)s',"
+        " ST_SetSRID(ST_MakePoint(%(lon)r + (i %% 60) * 0.00005,"
+        " %(lat)r + (i / 60) * 0.00004), 4326)"
+        " FROM generate_series(0, 2999) i;"
+        " ANALYZE incidents;"
+        " -- auto_explain --\n"
+        " SELECT outcome FROM gridd_feed_push(50, 3600, NULL,"
+        " ARRAY['department'], ARRAY['civil'], ARRAY['%(t)s-1'],"
+        " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
+        " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
+        " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
+        " ARRAY[%(lon)r + 0.00001], ARRAY[%(lat)r], ARRAY[NULL::text],"
+        " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
+        " ARRAY[''], ARRAY[''], '{}', '{}', '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}', '{}');"
+        " ROLLBACK;" % dict(t=tag, lon=lon, lat=lat), db)
+    search = [b for b in plans if "WITH it AS" in b and "Aggregate" in b]
+    assert len(search) == 1, plans[-3:]
+    assert "Index Scan using incidents_open_geom_idx" in search[0], search
+
+
 def test_wrong_worker_forbidden():
     e = env()
     tag, (w1, w2) = community([([1], 5), ([2], 5)])

@@ -616,6 +616,34 @@ def test_overdue_follows_the_sla_timer():
     assert valid == "t", valid
 
 
+def test_report_day_is_utc_and_inlined():
+    """The day number is the UTC day whatever the session's time zone, the
+    same as extract(epoch) gives (the roll-ups made before 010 stay valid),
+    and the planner inlines it (no function call per row in the triggers'
+    filters and WHEN clauses)."""
+    s = setup()
+    db = s["db"]
+    cases = ["1969-12-31 23:59:59.999999+00", "1970-01-01 00:00:00+00",
+             "2026-11-28 23:59:59.999999+00", "2026-11-29 00:00:00+00",
+             "2026-11-29 07:59:59+08", "2026-11-29 08:00:00+08",
+             "2000-02-29 12:00:00-11", "4713-11-24 00:00:00+00 BC",
+             "294276-12-31 00:00:00+00"]
+    for tz in ("UTC", "Asia/Shanghai", "America/Los_Angeles"):
+        rows = harness.psql(
+            "SET TimeZone = '%s'; SELECT ts, gridd_report_day(ts::timestamptz),"
+            " floor(extract(epoch FROM ts::timestamptz) / 86400)::integer"
+            " FROM unnest(ARRAY['%s']) ts" % (tz, "','".join(cases)), db)
+        assert len(rows) == len(cases), rows
+        for ts, got, want in rows:
+            assert got == want, (tz, ts, got, want)
+    assert harness.psql1("SELECT gridd_report_day('2026-11-29 07:59:59+08')",
+                         db) == "20785"
+    plan = "\n".join(r[0] for r in harness.psql(
+        "EXPLAIN (VERBOSE, COSTS OFF) SELECT gridd_report_day(created_at)"
+        " FROM incidents", db))
+    assert "gridd_report_day" not in plan and "EXTRACT" in plan, plan
+
+
 def test_refusals_count_for_their_community():
     """A refusal counts for a community when its row names one (the feed
     fills it when it located the item), and always for the whole city."""
