@@ -13,14 +13,23 @@
  * transaction at once.
  *
  * Group commit.  At most group_commit_parallel ingest transactions per
- * process are in flight (one by default; with more, one executes while
- * another waits for its commit's WAL flush, which pays only when many
- * sources push at once: see the ordering rule below).  Requests that arrive meanwhile wait in a FIFO;
- * when a transaction can start, as many of them as fit in
+ * process are in flight (two by default).  Requests that arrive meanwhile
+ * wait in a FIFO; when a transaction can start, as many of them as fit in
  * group_commit_max_items go together, their items concatenated in request
  * order into one statement (BEGIN, the call, COMMIT): one round trip, one
  * plan and one WAL flush for all of them.  Items of a later request merge
  * into earlier requests' new incidents as within one request.
+ *
+ * Side by side only when they cannot wait for each other.  Transactions
+ * whose items may merge lock the same (task type, tile) in the SQL, and
+ * the later one waits for the earlier one's commit: started beside it, it
+ * would only hold a connection and split the group that should have gone
+ * next.  So while transactions are in flight, a request whose merge tiles
+ * (mergekeys.c) meet theirs waits for the next transaction, and so do the
+ * requests behind it that meet its tiles, so that it is not overtaken
+ * for ever.  Departments that push different task types, or in different
+ * parts of the city, then use a core each; pushes that overlap go one
+ * transaction after the other.
  *
  * One source's pushes are applied in the order they came: a request whose
  * source (a department, or a worker) has a transaction in flight waits
@@ -62,6 +71,7 @@
 #include "cellcache.h"
 #include "locate.h"
 #include "log.h"
+#include "mergekeys.h"
 #include "metrics.h"
 #include "rpc.h"
 #include "triage.h"
@@ -178,6 +188,8 @@ struct feed_req {
 	char *frag[FR_N];
 	int *slots;		/* open addressing: the sent items' ext_ids */
 	size_t nslots;
+	struct mergekeys keys;	/* the merge tiles its items will lock */
+	bool tile_waited;	/* held back for them once (counted) */
 	int64_t started;	/* mono_ms */
 };
 
@@ -204,6 +216,7 @@ static struct {
 	uint64_t counts[FC_N];
 	uint64_t groups;
 	uint64_t group_retries;
+	uint64_t tile_waits;	/* requests held back for merge tiles */
 	uint64_t busy;		/* pushes refused: queue full */
 	uint64_t db_failures;
 	struct size_hist batch_items;
@@ -310,6 +323,7 @@ req_free(struct feed_req *r)
 	for (int i = 0; i < FR_N; i++)
 		free(r->frag[i]);
 	free(r->slots);
+	mergekeys_free(&r->keys);
 	conn_release(r->c);
 	free(r);
 }
@@ -768,6 +782,7 @@ feed_start(void)
 	struct feed_req *r, *next;
 	struct db_batch *b;
 	struct srcset blocked;
+	struct mergekeys_set busy;
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0;
 
@@ -792,9 +807,12 @@ feed_start(void)
 			slots *= 2;
 		blocked.mask = slots - 1;
 		blocked.v = xcalloc(slots, sizeof(*blocked.v));
+		mergekeys_set_init(&busy);
 		TAILQ_FOREACH(f, &fq.inflight, entry)
-			for (size_t i = 0; i < f->n; i++)
+			for (size_t i = 0; i < f->n; i++) {
 				(void)srcset_find(&blocked, f->reqs[i], true);
+				mergekeys_set_add(&busy, &f->reqs[i]->keys);
+			}
 		for (r = TAILQ_FIRST(&fq.queue); r != NULL &&
 		    scanned < FEED_SCAN_MAX; r = next, scanned++) {
 			next = TAILQ_NEXT(r, entry);
@@ -802,6 +820,17 @@ feed_start(void)
 				break;
 			if (srcset_find(&blocked, r, false))
 				continue;
+			if (mergekeys_set_meets(&busy, &r->keys)) {
+				/* It would wait in the SQL: next time, and its
+				 * tiles are kept for it meanwhile. */
+				if (!r->tile_waited) {
+					r->tile_waited = true;
+					fq.tile_waits++;
+				}
+				(void)srcset_find(&blocked, r, true);
+				mergekeys_set_add(&busy, &r->keys);
+				continue;
+			}
 			if (g->n > 0 && g->weight + r->n > cap)
 				break;
 			if (group_overlaps(g, r)) {
@@ -819,6 +848,7 @@ feed_start(void)
 			g->weight += r->n;
 		}
 		free(blocked.v);
+		mergekeys_set_free(&busy);
 		if (g->n == 0) {
 			group_free(g);
 			return false;
@@ -1012,6 +1042,17 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		s->has_point = it.has_point;
 		s->lon = it.lon;
 		s->lat = it.lat;
+		/* The tiles the SQL will lock for its merge search: around
+		 * the point; a building's point is known there only; a
+		 * department grid code takes no part in merges. */
+		if (cfg->merge_radius_m > 0 && cfg->merge_window_s > 0) {
+			if (it.has_point)
+				mergekeys_add_point(&r->keys,
+				    d.task_type->name, it.lon, it.lat,
+				    cfg->merge_radius_m);
+			else if (it.dept_code == NULL)
+				mergekeys_add_all(&r->keys);
+		}
 		if (!it.has_point)
 			s->code = xstrdup(it.dept_code != NULL ? it.dept_code :
 			    it.building_id);
@@ -1153,6 +1194,11 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Ingest transactions rolled back and retried request by request.");
 	metrics_sample(out, "gridd_push_group_retries_total", NULL,
 	    (double)fq.group_retries);
+	metrics_family(out, "gridd_push_tile_waits_total", "counter",
+	    "Pushes held back from a transaction beside those in flight "
+	    "because they could merge with their items.");
+	metrics_sample(out, "gridd_push_tile_waits_total", NULL,
+	    (double)fq.tile_waits);
 	metrics_family(out, "gridd_push_refused_total", "counter",
 	    "Pushes refused before any work because the queue was full.");
 	metrics_sample(out, "gridd_push_refused_total", NULL, (double)fq.busy);

@@ -354,8 +354,8 @@ def write_config(path, dbname=None, api_port=None, http_port=None,
     c.set("database", "query_timeout_ms", "20000")
     c.set("database", "migrations_dir", os.path.join(SOURCE_DIR, "sql"))
     c.set("auth", "pbkdf2_iterations", "1000")
-    # Two ingest transactions in flight (the default is one), so that the
-    # tests exercise the ordering rules between them.
+    # Two ingest transactions in flight (the default), said here because
+    # the tests of the ordering rules between them depend on it.
     c.set("dispatch", "group_commit_parallel", "2")
     c.set("admin." + ADMIN_ID, "key_sha256", sha256_hex(ADMIN_KEY))
     for dept, (name, key, cats) in DEPARTMENTS.items():

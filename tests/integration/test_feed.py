@@ -10,8 +10,10 @@ depends on another.
 """
 
 import itertools
+import math
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -616,6 +618,93 @@ def test_pipelined_repeats_never_race():
                "ORDER BY dept_seq")
     assert [r[0] for r in rows] == ["ord-%02d" % k for k in range(30)], rows
     c.close()
+
+
+class held_merge_tiles:
+    """The merge locks of task type tt around (lon, lat), as
+    gridd_feed_push takes them for an item there (merge_radius_m 50), held
+    by another session for the with-block, as another process's ingest
+    transaction would hold them."""
+
+    def __init__(self, tt, lon, lat):
+        dlat = 50 / 110540.0
+        dlon = 50 / (111320.0 * math.cos(math.radians(lat)))
+        self.app = "tiles%d" % os.getpid()
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             harness.conninfo(_cfg.dbname) + " application_name=" + self.app,
+             "-c", "SELECT count(pg_advisory_lock(hashtext('gridd_merge'),"
+             " hashtext('%s/' || gx || '/' || gy))) FROM"
+             " generate_series(%d, %d) gx, generate_series(%d, %d) gy;"
+             " SELECT pg_sleep(60)" % (
+                 tt, math.floor((lon - dlon) / 0.01),
+                 math.floor((lon + dlon) / 0.01),
+                 math.floor((lat - dlat) / 0.01),
+                 math.floor((lat + dlat) / 0.01))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        wait_for(lambda: sql1(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name"
+            " = '%s' AND wait_event = 'PgSleep'" % self.app) == "1",
+            "the tiles held")
+        return self
+
+    def __exit__(self, *exc):
+        sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = '%s'" % self.app)
+        self.proc.communicate(timeout=30)
+
+
+def wait_for(pred, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.05)
+
+
+def merge_lock_waiters():
+    return int(sql1("SELECT count(*) FROM pg_locks WHERE locktype ="
+                    " 'advisory' AND NOT granted"))
+
+
+def test_transactions_side_by_side_only_when_merges_cannot_meet():
+    """Two ingest transactions may be in flight (the harness's config), but
+    a push whose merge tiles meet those of a transaction in flight waits
+    for the next one instead of waiting for its locks in the database; one
+    that cannot meet them runs beside it."""
+    civil, _ = dept_client("civil")
+    urban, _ = dept_client("urban")
+    x, y = spot(14, 14)
+    with held_merge_tiles("elderly_visit", x, y):
+        # Civil's push waits for the tiles in the database, in flight.
+        first = civil.envelope("push_incidents", incidents=[
+            item("sbs-civil", "MZ01", x, y)])
+        civil.send(first)
+        wait_for(lambda: merge_lock_waiters() == 1, "civil's push to wait")
+        # Another type at the same spot cannot merge with it: it runs
+        # beside the stalled push and is answered while that one waits.
+        other = push(urban, [item("sbs-urban-other", "CG01", x, y)],
+                     timeout=10)
+        assert_outcome(other[0], "ACCEPTED")
+        assert merge_lock_waiters() == 1
+        # The same type 5 m away could merge with it: not started beside
+        # it (it would only wait for the same locks there).
+        near = urban.envelope("push_incidents", incidents=[
+            item("sbs-urban-near", "CG03", x + 5 * M_LON, y)])
+        urban.send(near)
+        time.sleep(0.5)
+        assert merge_lock_waiters() == 1, "a push that can merge ran beside"
+    r1 = list(expect_body(civil.wait_reply(first.request_id),
+                          "push_incidents_reply").results)
+    r2 = list(expect_body(urban.wait_reply(near.request_id),
+                          "push_incidents_reply").results)
+    assert_outcome(r1[0], "ACCEPTED")
+    # The second one after the first: merged into its incident.
+    assert_outcome(r2[0], "MERGED")
+    assert r2[0].incident_id == r1[0].incident_id
+    civil.close()
+    urban.close()
 
 
 def test_throughput_with_concurrent_pushers():

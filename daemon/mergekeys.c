@@ -1,0 +1,195 @@
+/* mergekeys.c - the merge tiles an ingest transaction will lock (pure). */
+
+/*
+ * gridd_feed_push serialises merges across transactions with advisory
+ * locks per (task type, tile), taken in key order before its merge search
+ * (003_feed.sql): an item locks every tile that the box of its merge
+ * search touches.  Two transactions whose items share a key therefore run
+ * one after the other, the second waiting for the first one's commit.
+ * Group commit uses the same tiles to decide whether a transaction may
+ * start beside the ones in flight: it would only wait.
+ *
+ * The locks in the database stay the safety; these keys only predict
+ * them.  A key here is a 64-bit hash of (task type, tile), and the box is
+ * widened by a hair, so that rounding or a hash collision can only make
+ * two requests look in conflict when they are not (they then run one
+ * after the other, as with one transaction in flight), never the reverse.
+ */
+#include "mergekeys.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* As 003_feed.sql: degrees of latitude per metre, the tile's side. */
+#define M_PER_DEG_LAT 110540.0
+#define M_PER_DEG_LON 111320.0
+#define WIDEN_DEG 1e-9
+
+static uint64_t
+mix64(uint64_t x)
+{
+	/* splitmix64's finaliser */
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
+static uint64_t
+str_hash(const char *s)
+{
+	uint64_t h = 14695981039346656037ull;
+
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		h = (h ^ *p) * 1099511628211ull;
+	return h;
+}
+
+uint64_t
+mergekeys_key(const char *tt, int64_t gx, int64_t gy)
+{
+	return mix64(str_hash(tt != NULL ? tt : "") ^ mix64((uint64_t)gx ^
+	    mix64((uint64_t)gy + 0x9e3779b97f4a7c15ull)));
+}
+
+static void
+push_key(struct mergekeys *k, uint64_t key)
+{
+	if (k->n == k->cap) {
+		k->cap = k->cap ? 2 * k->cap : 16;
+		k->v = xreallocarray(k->v, k->cap, sizeof(*k->v));
+	}
+	k->v[k->n++] = key;
+}
+
+void
+mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
+    double lat, double radius_m)
+{
+	double tile, dlat, dlon;
+	double gx0, gx1, gy0, gy1;
+
+	if (k->all || !(radius_m > 0))
+		return;
+	if (!isfinite(lon) || !isfinite(lat) || !isfinite(radius_m)) {
+		k->all = true;
+		return;
+	}
+	tile = 0.01 * fmax(1.0, ceil(radius_m / 500.0));
+	dlat = radius_m / M_PER_DEG_LAT + WIDEN_DEG;
+	dlon = radius_m / (M_PER_DEG_LON * fmax(cos(lat * M_PI / 180.0),
+	    0.01)) + WIDEN_DEG;
+	gx0 = floor((lon - dlon) / tile);
+	gx1 = floor((lon + dlon) / tile);
+	gy0 = floor((lat - dlat) / tile);
+	gy1 = floor((lat + dlat) / tile);
+	if ((gx1 - gx0 + 1) * (gy1 - gy0 + 1) > MERGEKEYS_ITEM_MAX) {
+		k->all = true;
+		return;
+	}
+	for (double gx = gx0; gx <= gx1; gx++)
+		for (double gy = gy0; gy <= gy1; gy++)
+			push_key(k, mergekeys_key(tt, (int64_t)gx,
+			    (int64_t)gy));
+}
+
+void
+mergekeys_add_all(struct mergekeys *k)
+{
+	k->all = true;
+}
+
+void
+mergekeys_free(struct mergekeys *k)
+{
+	free(k->v);
+	memset(k, 0, sizeof(*k));
+}
+
+void
+mergekeys_set_init(struct mergekeys_set *s)
+{
+	memset(s, 0, sizeof(*s));
+}
+
+static size_t
+set_find(const struct mergekeys_set *s, uint64_t key)
+{
+	size_t i = (size_t)mix64(key) & s->mask;
+
+	while (s->slot[i] != 0 && s->slot[i] != key)
+		i = (i + 1) & s->mask;
+	return i;
+}
+
+static void
+set_grow(struct mergekeys_set *s, size_t want)
+{
+	struct mergekeys_set bigger;
+	size_t slots = 64;
+
+	while (slots < 2 * want)
+		slots *= 2;
+	if (s->slot != NULL && slots <= s->mask + 1)
+		return;
+	bigger.slot = xcalloc(slots, sizeof(*bigger.slot));
+	bigger.mask = slots - 1;
+	bigger.n = s->n;
+	bigger.all = s->all;
+	for (size_t i = 0; s->slot != NULL && i <= s->mask; i++)
+		if (s->slot[i] != 0)
+			bigger.slot[set_find(&bigger, s->slot[i])] =
+			    s->slot[i];
+	free(s->slot);
+	*s = bigger;
+}
+
+void
+mergekeys_set_add(struct mergekeys_set *s, const struct mergekeys *k)
+{
+	if (k->all)
+		s->all = true;
+	if (s->all || k->n == 0)
+		return;
+	set_grow(s, s->n + k->n);
+	for (size_t i = 0; i < k->n; i++) {
+		uint64_t key = k->v[i] != 0 ? k->v[i] : 1;
+		size_t j = set_find(s, key);
+
+		if (s->slot[j] == 0) {
+			s->slot[j] = key;
+			s->n++;
+		}
+	}
+}
+
+bool
+mergekeys_set_meets(const struct mergekeys_set *s, const struct mergekeys *k)
+{
+	/* A request without merge tiles waits for nobody. */
+	if (!k->all && k->n == 0)
+		return false;
+	if (s->all)
+		return true;
+	if (k->all)
+		return s->n > 0;
+	if (s->n == 0)
+		return false;
+	for (size_t i = 0; i < k->n; i++) {
+		uint64_t key = k->v[i] != 0 ? k->v[i] : 1;
+
+		if (s->slot[set_find(s, key)] == key)
+			return true;
+	}
+	return false;
+}
+
+void
+mergekeys_set_free(struct mergekeys_set *s)
+{
+	free(s->slot);
+	memset(s, 0, sizeof(*s));
+}
