@@ -118,6 +118,11 @@ static const char feed_sql[] =
  * transaction in flight are passed over, but not without bound. */
 #define FEED_SCAN_MAX 1024
 
+/* Merge-tile keys of queued requests looked at for a transaction beside
+ * those in flight: a backlog of large pushes costs each look at the queue
+ * at most this much hashing. */
+#define FEED_SCAN_KEYS_MAX 65536
+
 /* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
 enum feed_count {
 	FC_ACCEPTED,
@@ -771,9 +776,13 @@ srcset_find(struct srcset *set, const struct feed_req *r, bool add)
  * source has a transaction in flight, or an earlier request of its source
  * waits (so merges and event numbers follow the source's own order, and
  * no two transactions race for one (source, ext_id)).  Requests of other
- * sources behind it may go, up to FEED_SCAN_MAX looked at.  A request
- * retried alone after its group failed runs with nothing beside it, so
- * that whatever it meets (a conflict with another process) is its own.
+ * sources behind it may go, up to FEED_SCAN_MAX looked at.  While
+ * transactions are in flight, a request whose merge tiles meet theirs
+ * waits too, its source behind it, and its tiles are kept for it against
+ * the requests behind it (up to FEED_SCAN_KEYS_MAX keys looked at).  A
+ * request retried alone after its group failed runs with nothing beside
+ * it, so that whatever it meets (a conflict with another process) is its
+ * own.
  */
 static bool
 feed_start(void)
@@ -784,7 +793,7 @@ feed_start(void)
 	struct srcset blocked;
 	struct mergekeys_set busy;
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
-	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0;
+	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0, keys_seen = 0;
 
 	r = TAILQ_FIRST(&fq.queue);
 	if (r == NULL || fq.solo_inflight > 0 ||
@@ -820,6 +829,11 @@ feed_start(void)
 				break;
 			if (srcset_find(&blocked, r, false))
 				continue;
+			if (fq.ninflight > 0) {
+				keys_seen += r->keys.n;
+				if (keys_seen > FEED_SCAN_KEYS_MAX)
+					break;
+			}
 			if (mergekeys_set_meets(&busy, &r->keys)) {
 				/* It would wait in the SQL: next time, and its
 				 * tiles are kept for it meanwhile. */
@@ -1089,6 +1103,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 	}
 	for (int i = 0; i < FR_N; i++)
 		r->frag[i] = ar.a[i].p;
+	mergekeys_finish(&r->keys);
 	size_observe(&fq.batch_items, (double)n);
 
 	if (n == 0) {

@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* As 003_feed.sql: degrees of latitude per metre, the tile's side. */
+/* As 003_feed.sql: metres per degree of latitude, and of longitude at
+ * the equator; the box is widened by WIDEN_DEG degrees each way, far more
+ * than the rounding of radians() against the multiplication here. */
 #define M_PER_DEG_LAT 110540.0
 #define M_PER_DEG_LON 111320.0
 #define WIDEN_DEG 1e-9
@@ -94,6 +96,34 @@ mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 		for (double gy = gy0; gy <= gy1; gy++)
 			push_key(k, mergekeys_key(tt, (int64_t)gx,
 			    (int64_t)gy));
+}
+
+static int
+key_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+void
+mergekeys_finish(struct mergekeys *k)
+{
+	size_t n = 0;
+
+	if (k->all) {
+		free(k->v);
+		k->v = NULL;
+		k->n = k->cap = 0;
+		return;
+	}
+	if (k->n < 2)
+		return;
+	qsort(k->v, k->n, sizeof(*k->v), key_cmp);
+	for (size_t i = 0; i < k->n; i++)
+		if (n == 0 || k->v[i] != k->v[n - 1])
+			k->v[n++] = k->v[i];
+	k->n = n;
 }
 
 void

@@ -32,6 +32,9 @@ void mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 uint64_t mergekeys_key(const char *tt, int64_t gx, int64_t gy);
 /* An item whose point is not known here. */
 void mergekeys_add_all(struct mergekeys *k);
+/* Once the request's items are in: each key once (many items of a push
+ * share a tile), none when all. */
+void mergekeys_finish(struct mergekeys *k);
 void mergekeys_free(struct mergekeys *k);
 
 /* A set of keys (open addressing), for one look at the queue. */

@@ -644,10 +644,14 @@ class held_merge_tiles:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self):
-        wait_for(lambda: sql1(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name"
-            " = '%s' AND wait_event = 'PgSleep'" % self.app) == "1",
-            "the tiles held")
+        try:
+            wait_for(lambda: sql1(
+                "SELECT count(*) FROM pg_stat_activity WHERE"
+                " application_name = '%s' AND wait_event = 'PgSleep'"
+                % self.app) == "1", "the tiles held")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -664,8 +668,11 @@ def wait_for(pred, what, timeout=20):
 
 
 def merge_lock_waiters():
+    """Sessions of this test's database waiting for a merge lock."""
     return int(sql1("SELECT count(*) FROM pg_locks WHERE locktype ="
-                    " 'advisory' AND NOT granted"))
+                    " 'advisory' AND NOT granted AND database = (SELECT oid"
+                    " FROM pg_database WHERE datname = current_database())"
+                    " AND classid = hashtext('gridd_merge')::oid"))
 
 
 def test_transactions_side_by_side_only_when_merges_cannot_meet():
@@ -688,12 +695,15 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
                      timeout=10)
         assert_outcome(other[0], "ACCEPTED")
         assert merge_lock_waiters() == 1
-        # The same type 5 m away could merge with it: not started beside
-        # it (it would only wait for the same locks there).
+        # The same type 5 m away could merge with it: held back, not
+        # started beside it (it would only wait for the same locks there).
+        waits = metric(_cfg.http_port, "gridd_push_tile_waits_total")
         near = urban.envelope("push_incidents", incidents=[
             item("sbs-urban-near", "CG03", x + 5 * M_LON, y)])
         urban.send(near)
-        time.sleep(0.5)
+        wait_for(lambda: metric(_cfg.http_port,
+                                "gridd_push_tile_waits_total") == waits + 1,
+                 "the push held back")
         assert merge_lock_waiters() == 1, "a push that can merge ran beside"
     r1 = list(expect_body(civil.wait_reply(first.request_id),
                           "push_incidents_reply").results)

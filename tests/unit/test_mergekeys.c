@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -45,8 +46,14 @@ rnd01(void)
 	return (double)(rnd_state >> 11) / 9007199254740992.0;
 }
 
+/* PostgreSQL's radians(): a multiplication by this constant (float.c),
+ * not a division by 180 as the daemon writes it. */
+#define PG_RADIANS_PER_DEGREE 0.0174532925199432957692
+
 /* gridd_feed_push's tiles (003_feed.sql), computed here the way the SQL
- * writes them, must all be among the predicted keys. */
+ * writes them, must all be among the predicted keys: at random points,
+ * and with the box's edges on a tile's edge, where the SQL's rounding
+ * (its half-width a few ulps off the daemon's either way) decides. */
 static void
 test_sql_tiles_are_predicted(void **state)
 {
@@ -58,18 +65,25 @@ test_sql_tiles_are_predicted(void **state)
 		double tile = 0.01 * fmax(1, ceil(r / 500.0));
 		double dlat = r / 110540.0;
 
-		for (int i = 0; i < 2000; i++) {
+		for (int i = 0; i < 6000; i++) {
 			struct mergekeys k = { 0 };
 			double x = -180 + 360 * rnd01(), y = -70 + 140 * rnd01();
-			double dx;
+			double dx, off = 1 + ((i % 3) - 1) * 8 * DBL_EPSILON;
 
-			/* Points on tile edges too. */
-			if (i % 4 == 0)
-				x = round(x / tile) * tile;
-			if (i % 3 == 0)
+			dlat = r / 110540.0;
+			if (i % 2 == 0) {
+				/* The box's low edges on tile edges. */
+				dlat *= off;
 				y = round(y / tile) * tile + dlat;
-			dx = r / (111320.0 * fmax(cos(y * M_PI / 180), 0.01));
+			}
+			dx = r / (111320.0 * fmax(cos(y *
+			    PG_RADIANS_PER_DEGREE), 0.01));
+			if (i % 2 == 0) {
+				dx *= off;
+				x = round(x / tile) * tile + dx;
+			}
 			mergekeys_add_point(&k, "noise", x, y, r);
+			mergekeys_finish(&k);
 			assert_false(k.all);
 			for (double gx = floor((x - dx) / tile);
 			    gx <= floor((x + dx) / tile); gx++)
@@ -77,6 +91,8 @@ test_sql_tiles_are_predicted(void **state)
 				    gy <= floor((y + dlat) / tile); gy++)
 					assert_true(has_key(&k, mergekeys_key(
 					    "noise", (int64_t)gx, (int64_t)gy)));
+			for (size_t j = 1; j < k.n; j++)
+				assert_true(k.v[j - 1] < k.v[j]);
 			mergekeys_free(&k);
 		}
 	}
