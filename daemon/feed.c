@@ -830,7 +830,7 @@ feed_start(void)
 			if (srcset_find(&blocked, r, false))
 				continue;
 			if (fq.ninflight > 0) {
-				keys_seen += r->keys.n;
+				keys_seen += mergekeys_count(&r->keys);
 				if (keys_seen > FEED_SCAN_KEYS_MAX)
 					break;
 			}
@@ -1057,15 +1057,17 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		s->lon = it.lon;
 		s->lat = it.lat;
 		/* The tiles the SQL will lock for its merge search: around
-		 * the point; a building's point is known there only; a
-		 * department grid code takes no part in merges. */
+		 * the point; a building's point is known there only (any
+		 * tile of its task type); a department grid code takes no
+		 * part in merges. */
 		if (cfg->merge_radius_m > 0 && cfg->merge_window_s > 0) {
 			if (it.has_point)
 				mergekeys_add_point(&r->keys,
 				    d.task_type->name, it.lon, it.lat,
 				    cfg->merge_radius_m);
 			else if (it.dept_code == NULL)
-				mergekeys_add_all(&r->keys);
+				mergekeys_add_type(&r->keys,
+				    d.task_type->name);
 		}
 		if (!it.has_point)
 			s->code = xstrdup(it.dept_code != NULL ? it.dept_code :

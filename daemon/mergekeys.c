@@ -14,6 +14,9 @@
  * widened by a hair, so that rounding or a hash collision can only make
  * two requests look in conflict when they are not (they then run one
  * after the other, as with one transaction in flight), never the reverse.
+ * An item whose tiles are not known here (located by building: only the
+ * database has the point) stands for every tile of its task type, so it
+ * holds back the pushes of that type only.
  */
 #include "mergekeys.h"
 
@@ -57,14 +60,24 @@ mergekeys_key(const char *tt, int64_t gx, int64_t gy)
 	    mix64((uint64_t)gy + 0x9e3779b97f4a7c15ull)));
 }
 
+/* The marks of a task type in a set: it has some tile, it may have any. */
+#define MARK_SOME 0x5bd1e9955bd1e995ull
+#define MARK_ANY 0xc2b2ae3d27d4eb4full
+
 static void
-push_key(struct mergekeys *k, uint64_t key)
+vec_push(struct mergekeys_vec *a, uint64_t key)
 {
-	if (k->n == k->cap) {
-		k->cap = k->cap ? 2 * k->cap : 16;
-		k->v = xreallocarray(k->v, k->cap, sizeof(*k->v));
+	if (a->n == a->cap) {
+		a->cap = a->cap ? 2 * a->cap : 16;
+		a->v = xreallocarray(a->v, a->cap, sizeof(*a->v));
 	}
-	k->v[k->n++] = key;
+	a->v[a->n++] = key;
+}
+
+void
+mergekeys_add_type(struct mergekeys *k, const char *tt)
+{
+	vec_push(&k->whole, str_hash(tt != NULL ? tt : ""));
 }
 
 void
@@ -74,10 +87,10 @@ mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 	double tile, dlat, dlon;
 	double gx0, gx1, gy0, gy1;
 
-	if (k->all || !(radius_m > 0))
+	if (!(radius_m > 0))
 		return;
 	if (!isfinite(lon) || !isfinite(lat) || !isfinite(radius_m)) {
-		k->all = true;
+		mergekeys_add_type(k, tt);
 		return;
 	}
 	tile = 0.01 * fmax(1.0, ceil(radius_m / 500.0));
@@ -89,12 +102,13 @@ mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 	gy0 = floor((lat - dlat) / tile);
 	gy1 = floor((lat + dlat) / tile);
 	if ((gx1 - gx0 + 1) * (gy1 - gy0 + 1) > MERGEKEYS_ITEM_MAX) {
-		k->all = true;
+		mergekeys_add_type(k, tt);
 		return;
 	}
+	vec_push(&k->types, str_hash(tt != NULL ? tt : ""));
 	for (double gx = gx0; gx <= gx1; gx++)
 		for (double gy = gy0; gy <= gy1; gy++)
-			push_key(k, mergekeys_key(tt, (int64_t)gx,
+			vec_push(&k->tiles, mergekeys_key(tt, (int64_t)gx,
 			    (int64_t)gy));
 }
 
@@ -106,36 +120,40 @@ key_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-void
-mergekeys_finish(struct mergekeys *k)
+static void
+vec_unique(struct mergekeys_vec *a)
 {
 	size_t n = 0;
 
-	if (k->all) {
-		free(k->v);
-		k->v = NULL;
-		k->n = k->cap = 0;
+	if (a->n < 2)
 		return;
-	}
-	if (k->n < 2)
-		return;
-	qsort(k->v, k->n, sizeof(*k->v), key_cmp);
-	for (size_t i = 0; i < k->n; i++)
-		if (n == 0 || k->v[i] != k->v[n - 1])
-			k->v[n++] = k->v[i];
-	k->n = n;
+	qsort(a->v, a->n, sizeof(*a->v), key_cmp);
+	for (size_t i = 0; i < a->n; i++)
+		if (n == 0 || a->v[i] != a->v[n - 1])
+			a->v[n++] = a->v[i];
+	a->n = n;
 }
 
 void
-mergekeys_add_all(struct mergekeys *k)
+mergekeys_finish(struct mergekeys *k)
 {
-	k->all = true;
+	vec_unique(&k->tiles);
+	vec_unique(&k->types);
+	vec_unique(&k->whole);
+}
+
+size_t
+mergekeys_count(const struct mergekeys *k)
+{
+	return k->tiles.n + k->types.n + k->whole.n;
 }
 
 void
 mergekeys_free(struct mergekeys *k)
 {
-	free(k->v);
+	free(k->tiles.v);
+	free(k->types.v);
+	free(k->whole.v);
 	memset(k, 0, sizeof(*k));
 }
 
@@ -155,6 +173,13 @@ set_find(const struct mergekeys_set *s, uint64_t key)
 	return i;
 }
 
+static bool
+set_has(const struct mergekeys_set *s, uint64_t key)
+{
+	key = key != 0 ? key : 1;
+	return s->n > 0 && s->slot[set_find(s, key)] == key;
+}
+
 static void
 set_grow(struct mergekeys_set *s, size_t want)
 {
@@ -168,7 +193,6 @@ set_grow(struct mergekeys_set *s, size_t want)
 	bigger.slot = xcalloc(slots, sizeof(*bigger.slot));
 	bigger.mask = slots - 1;
 	bigger.n = s->n;
-	bigger.all = s->all;
 	for (size_t i = 0; s->slot != NULL && i <= s->mask; i++)
 		if (s->slot[i] != 0)
 			bigger.slot[set_find(&bigger, s->slot[i])] =
@@ -177,43 +201,50 @@ set_grow(struct mergekeys_set *s, size_t want)
 	*s = bigger;
 }
 
+static void
+set_put(struct mergekeys_set *s, uint64_t key)
+{
+	size_t j;
+
+	key = key != 0 ? key : 1;
+	j = set_find(s, key);
+	if (s->slot[j] == 0) {
+		s->slot[j] = key;
+		s->n++;
+	}
+}
+
 void
 mergekeys_set_add(struct mergekeys_set *s, const struct mergekeys *k)
 {
-	if (k->all)
-		s->all = true;
-	if (s->all || k->n == 0)
+	if (mergekeys_count(k) == 0)
 		return;
-	set_grow(s, s->n + k->n);
-	for (size_t i = 0; i < k->n; i++) {
-		uint64_t key = k->v[i] != 0 ? k->v[i] : 1;
-		size_t j = set_find(s, key);
-
-		if (s->slot[j] == 0) {
-			s->slot[j] = key;
-			s->n++;
-		}
-	}
+	set_grow(s, s->n + mergekeys_count(k));
+	for (size_t i = 0; i < k->tiles.n; i++)
+		set_put(s, k->tiles.v[i]);
+	for (size_t i = 0; i < k->types.n; i++)
+		set_put(s, mix64(k->types.v[i] ^ MARK_SOME));
+	for (size_t i = 0; i < k->whole.n; i++)
+		set_put(s, mix64(k->whole.v[i] ^ MARK_ANY));
 }
 
 bool
 mergekeys_set_meets(const struct mergekeys_set *s, const struct mergekeys *k)
 {
-	/* A request without merge tiles waits for nobody. */
-	if (!k->all && k->n == 0)
-		return false;
-	if (s->all)
-		return true;
-	if (k->all)
-		return s->n > 0;
 	if (s->n == 0)
 		return false;
-	for (size_t i = 0; i < k->n; i++) {
-		uint64_t key = k->v[i] != 0 ? k->v[i] : 1;
-
-		if (s->slot[set_find(s, key)] == key)
+	for (size_t i = 0; i < k->tiles.n; i++)
+		if (set_has(s, k->tiles.v[i]))
 			return true;
-	}
+	/* Our tiles of a type of which they may lock any tile. */
+	for (size_t i = 0; i < k->types.n; i++)
+		if (set_has(s, mix64(k->types.v[i] ^ MARK_ANY)))
+			return true;
+	/* Any tile of a type of which they lock some, or any. */
+	for (size_t i = 0; i < k->whole.n; i++)
+		if (set_has(s, mix64(k->whole.v[i] ^ MARK_SOME)) ||
+		    set_has(s, mix64(k->whole.v[i] ^ MARK_ANY)))
+			return true;
 	return false;
 }
 

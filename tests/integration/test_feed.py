@@ -667,6 +667,11 @@ def wait_for(pred, what, timeout=20):
         time.sleep(0.05)
 
 
+def stored(r):
+    """A new incident, or one merged into an open incident of its type."""
+    return r.outcome in (outcome("ACCEPTED"), outcome("MERGED"))
+
+
 def merge_lock_waiters():
     """Sessions of this test's database waiting for a merge lock."""
     return int(sql1("SELECT count(*) FROM pg_locks WHERE locktype ="
@@ -682,7 +687,8 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
     that cannot meet them runs beside it."""
     civil, _ = dept_client("civil")
     urban, _ = dept_client("urban")
-    x, y = spot(14, 14)
+    # South of the 1,000-item batch's grid of elderly visits.
+    x, y = spot(3, 15)
     with held_merge_tiles("elderly_visit", x, y):
         # Civil's push waits for the tiles in the database, in flight.
         first = civil.envelope("push_incidents", incidents=[
@@ -693,7 +699,12 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
         # beside the stalled push and is answered while that one waits.
         other = push(urban, [item("sbs-urban-other", "CG01", x, y)],
                      timeout=10)
-        assert_outcome(other[0], "ACCEPTED")
+        assert stored(other[0]), other
+        # So does one located by building (the daemon does not know its
+        # point: any tile of its type, but of its type only).
+        bldg = push(urban, [item("sbs-urban-bldg", "CG01",
+                                 building_id="B1")], timeout=10)
+        assert stored(bldg[0]), bldg
         assert merge_lock_waiters() == 1
         # The same type 5 m away could merge with it: held back, not
         # started beside it (it would only wait for the same locks there).
@@ -709,8 +720,8 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
                           "push_incidents_reply").results)
     r2 = list(expect_body(urban.wait_reply(near.request_id),
                           "push_incidents_reply").results)
+    # The second one, after the first, merges into its incident.
     assert_outcome(r1[0], "ACCEPTED")
-    # The second one after the first: merged into its incident.
     assert_outcome(r2[0], "MERGED")
     assert r2[0].incident_id == r1[0].incident_id
     civil.close()

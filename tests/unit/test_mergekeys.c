@@ -1,5 +1,6 @@
 /* test_mergekeys.c - the merge tiles that group commit predicts: the SQL's
- * tiles are always among them, items that can merge always meet. */
+ * tiles are always among them, items that can merge always meet, and an
+ * item whose tiles are unknown holds back its own task type only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -29,8 +30,8 @@ meets(const struct mergekeys *a, const struct mergekeys *b)
 static bool
 has_key(const struct mergekeys *k, uint64_t key)
 {
-	for (size_t i = 0; i < k->n; i++)
-		if (k->v[i] == key)
+	for (size_t i = 0; i < k->tiles.n; i++)
+		if (k->tiles.v[i] == key)
 			return true;
 	return false;
 }
@@ -84,15 +85,15 @@ test_sql_tiles_are_predicted(void **state)
 			}
 			mergekeys_add_point(&k, "noise", x, y, r);
 			mergekeys_finish(&k);
-			assert_false(k.all);
+			assert_int_equal(k.whole.n, 0);
 			for (double gx = floor((x - dx) / tile);
 			    gx <= floor((x + dx) / tile); gx++)
 				for (double gy = floor((y - dlat) / tile);
 				    gy <= floor((y + dlat) / tile); gy++)
 					assert_true(has_key(&k, mergekeys_key(
 					    "noise", (int64_t)gx, (int64_t)gy)));
-			for (size_t j = 1; j < k.n; j++)
-				assert_true(k.v[j - 1] < k.v[j]);
+			for (size_t j = 1; j < k.tiles.n; j++)
+				assert_true(k.tiles.v[j - 1] < k.tiles.v[j]);
 			mergekeys_free(&k);
 		}
 	}
@@ -133,8 +134,7 @@ test_disjoint_requests_do_not_meet(void **state)
 	assert_true(meets(&a, &a));
 	/* Merging off: no keys, nothing met. */
 	mergekeys_add_point(&off, "noise", 9.52, 47.14, 0);
-	assert_int_equal(off.n, 0);
-	assert_false(off.all);
+	assert_int_equal(mergekeys_count(&off), 0);
 	assert_false(meets(&a, &off));
 	assert_false(meets(&off, &a));
 	mergekeys_free(&a);
@@ -143,30 +143,43 @@ test_disjoint_requests_do_not_meet(void **state)
 	mergekeys_free(&off);
 }
 
+/* An item located by building, a point that is not a number, a box too
+ * large to list: any tile of its task type, and of no other. */
 static void
-test_unknown_points_meet_everything_but_nothing(void **state)
+test_unknown_tiles_hold_back_their_task_type(void **state)
 {
-	struct mergekeys all = { 0 }, a = { 0 }, none = { 0 }, nan_pt = { 0 };
+	struct mergekeys bldg = { 0 }, a = { 0 }, far = { 0 }, other = { 0 };
+	struct mergekeys none = { 0 }, nan_pt = { 0 }, pole = { 0 };
 
 	(void)state;
-	mergekeys_add_all(&all);
-	mergekeys_add_point(&all, "noise", 1, 1, 50);	/* still all */
-	assert_true(all.all);
+	mergekeys_add_type(&bldg, "noise");
 	mergekeys_add_point(&a, "noise", 9.52, 47.14, 50);
-	assert_true(meets(&all, &a));
-	assert_true(meets(&a, &all));
+	mergekeys_add_point(&far, "noise", -70, -30, 50);
+	mergekeys_add_point(&other, "garbage", 9.52, 47.14, 50);
+	mergekeys_finish(&bldg);
+	assert_true(meets(&bldg, &a));
+	assert_true(meets(&a, &bldg));
+	assert_true(meets(&bldg, &far));
+	assert_true(meets(&far, &bldg));
+	assert_true(meets(&bldg, &bldg));
+	assert_false(meets(&bldg, &other));
+	assert_false(meets(&other, &bldg));
 	/* A transaction without merge tiles (grid codes only) waits for
 	 * nobody, and nobody for it. */
-	assert_false(meets(&none, &all));
-	assert_false(meets(&all, &none));
-	/* A huge radius near a pole, or a point that is not a number. */
-	mergekeys_add_point(&a, "noise", 0, 89.9, 5000);
-	assert_true(a.all);
+	assert_false(meets(&none, &bldg));
+	assert_false(meets(&bldg, &none));
 	mergekeys_add_point(&nan_pt, "noise", NAN, 1, 50);
-	assert_true(nan_pt.all);
-	mergekeys_free(&all);
+	mergekeys_add_point(&pole, "noise", 0, 89.9, 5000);
+	assert_int_equal(nan_pt.tiles.n, 0);
+	assert_int_equal(pole.tiles.n, 0);
+	assert_true(meets(&nan_pt, &far) && meets(&pole, &far));
+	assert_false(meets(&nan_pt, &other) || meets(&pole, &other));
+	mergekeys_free(&bldg);
 	mergekeys_free(&a);
+	mergekeys_free(&far);
+	mergekeys_free(&other);
 	mergekeys_free(&nan_pt);
+	mergekeys_free(&pole);
 }
 
 static void
@@ -181,7 +194,7 @@ test_set_grows(void **state)
 	mergekeys_set_init(&s);
 	mergekeys_set_add(&s, &big);
 	mergekeys_set_add(&s, &big);	/* repeats are stored once */
-	assert_true(s.n <= big.n && s.n >= 20000);
+	assert_true(s.n <= mergekeys_count(&big) && s.n >= 20000);
 	for (int i = 0; i < 20000; i += 997) {
 		mergekeys_add_point(&probe, "noise", -170 + 0.03 * i, 10, 50);
 		assert_true(mergekeys_set_meets(&s, &probe));
@@ -202,7 +215,7 @@ main(void)
 		cmocka_unit_test(test_sql_tiles_are_predicted),
 		cmocka_unit_test(test_items_within_reach_meet),
 		cmocka_unit_test(test_disjoint_requests_do_not_meet),
-		cmocka_unit_test(test_unknown_points_meet_everything_but_nothing),
+		cmocka_unit_test(test_unknown_tiles_hold_back_their_task_type),
 		cmocka_unit_test(test_set_grows),
 	};
 
