@@ -1057,9 +1057,9 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		s->lon = it.lon;
 		s->lat = it.lat;
 		/* The tiles the SQL will lock for its merge search: around
-		 * the point; a building's point is known there only (any
-		 * tile of its task type); a department grid code takes no
-		 * part in merges. */
+		 * the point; for a building, whose point only the database
+		 * knows, any tile of its task type; a department grid code
+		 * takes no part in merges. */
 		if (cfg->merge_radius_m > 0 && cfg->merge_window_s > 0) {
 			if (it.has_point)
 				mergekeys_add_point(&r->keys,

@@ -15,8 +15,9 @@
  * two requests look in conflict when they are not (they then run one
  * after the other, as with one transaction in flight), never the reverse.
  * An item whose tiles are not known here (located by building: only the
- * database has the point) stands for every tile of its task type, so it
- * holds back the pushes of that type only.
+ * database has the point; a point that is not a number; a box too large
+ * to list) stands for every tile of its task type, so it holds back the
+ * pushes of that type only.
  */
 #include "mergekeys.h"
 
@@ -77,7 +78,7 @@ vec_push(struct mergekeys_vec *a, uint64_t key)
 void
 mergekeys_add_type(struct mergekeys *k, const char *tt)
 {
-	vec_push(&k->whole, str_hash(tt != NULL ? tt : ""));
+	vec_push(&k->any_types, str_hash(tt != NULL ? tt : ""));
 }
 
 void
@@ -105,7 +106,7 @@ mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 		mergekeys_add_type(k, tt);
 		return;
 	}
-	vec_push(&k->types, str_hash(tt != NULL ? tt : ""));
+	vec_push(&k->tile_types, str_hash(tt != NULL ? tt : ""));
 	for (double gx = gx0; gx <= gx1; gx++)
 		for (double gy = gy0; gy <= gy1; gy++)
 			vec_push(&k->tiles, mergekeys_key(tt, (int64_t)gx,
@@ -138,22 +139,22 @@ void
 mergekeys_finish(struct mergekeys *k)
 {
 	vec_unique(&k->tiles);
-	vec_unique(&k->types);
-	vec_unique(&k->whole);
+	vec_unique(&k->tile_types);
+	vec_unique(&k->any_types);
 }
 
 size_t
 mergekeys_count(const struct mergekeys *k)
 {
-	return k->tiles.n + k->types.n + k->whole.n;
+	return k->tiles.n + k->tile_types.n + k->any_types.n;
 }
 
 void
 mergekeys_free(struct mergekeys *k)
 {
 	free(k->tiles.v);
-	free(k->types.v);
-	free(k->whole.v);
+	free(k->tile_types.v);
+	free(k->any_types.v);
 	memset(k, 0, sizeof(*k));
 }
 
@@ -222,10 +223,10 @@ mergekeys_set_add(struct mergekeys_set *s, const struct mergekeys *k)
 	set_grow(s, s->n + mergekeys_count(k));
 	for (size_t i = 0; i < k->tiles.n; i++)
 		set_put(s, k->tiles.v[i]);
-	for (size_t i = 0; i < k->types.n; i++)
-		set_put(s, mix64(k->types.v[i] ^ MARK_SOME));
-	for (size_t i = 0; i < k->whole.n; i++)
-		set_put(s, mix64(k->whole.v[i] ^ MARK_ANY));
+	for (size_t i = 0; i < k->tile_types.n; i++)
+		set_put(s, mix64(k->tile_types.v[i] ^ MARK_SOME));
+	for (size_t i = 0; i < k->any_types.n; i++)
+		set_put(s, mix64(k->any_types.v[i] ^ MARK_ANY));
 }
 
 bool
@@ -237,13 +238,13 @@ mergekeys_set_meets(const struct mergekeys_set *s, const struct mergekeys *k)
 		if (set_has(s, k->tiles.v[i]))
 			return true;
 	/* Our tiles of a type of which they may lock any tile. */
-	for (size_t i = 0; i < k->types.n; i++)
-		if (set_has(s, mix64(k->types.v[i] ^ MARK_ANY)))
+	for (size_t i = 0; i < k->tile_types.n; i++)
+		if (set_has(s, mix64(k->tile_types.v[i] ^ MARK_ANY)))
 			return true;
 	/* Any tile of a type of which they lock some, or any. */
-	for (size_t i = 0; i < k->whole.n; i++)
-		if (set_has(s, mix64(k->whole.v[i] ^ MARK_SOME)) ||
-		    set_has(s, mix64(k->whole.v[i] ^ MARK_ANY)))
+	for (size_t i = 0; i < k->any_types.n; i++)
+		if (set_has(s, mix64(k->any_types.v[i] ^ MARK_SOME)) ||
+		    set_has(s, mix64(k->any_types.v[i] ^ MARK_ANY)))
 			return true;
 	return false;
 }

@@ -26,8 +26,8 @@ struct mergekeys_vec {
  * database knows, or one whose box is too large to list). */
 struct mergekeys {
 	struct mergekeys_vec tiles;
-	struct mergekeys_vec types;	/* of the tiles */
-	struct mergekeys_vec whole;	/* task types, any tile */
+	struct mergekeys_vec tile_types;	/* task types of the tiles */
+	struct mergekeys_vec any_types;		/* task types, any tile */
 };
 
 /* The keys of an item of task type tt at (lon, lat): every tile that

@@ -687,6 +687,15 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
     that cannot meet them runs beside it."""
     civil, _ = dept_client("civil")
     urban, _ = dept_client("urban")
+    admin = harness.Client(daemon().addr)
+    harness.login_admin(admin)
+    expect_body(admin.request(
+        "upsert_worker", worker_id="w-sbs", name="Side by side",
+        password="side-by-side-pw-1", community_id="C1",
+        cell_ids=["C1-002"]), "ok")
+    worker = harness.Client(daemon().addr)
+    expect_body(worker.login("WORKER", "w-sbs", "side-by-side-pw-1"),
+                "login_reply")
     # South of the 1,000-item batch's grid of elderly visits.
     x, y = spot(3, 15)
     with held_merge_tiles("elderly_visit", x, y):
@@ -716,16 +725,30 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
                                 "gridd_push_tile_waits_total") == waits + 1,
                  "the push held back")
         assert merge_lock_waiters() == 1, "a push that can merge ran beside"
+        # A worker's report of that type by building, far from the held
+        # tiles: the daemon does not know the building's point, so it
+        # holds the report back too (the database would not have).
+        report = worker.envelope("report_incident", pb.ReportIncident(
+            incident=item("sbs-worker-bldg", "elderly_visit",
+                          building_id="B1")))
+        worker.send(report)
+        wait_for(lambda: metric(_cfg.http_port,
+                                "gridd_push_tile_waits_total") == waits + 2,
+                 "the report held back")
+        assert merge_lock_waiters() == 1
     r1 = list(expect_body(civil.wait_reply(first.request_id),
                           "push_incidents_reply").results)
     r2 = list(expect_body(urban.wait_reply(near.request_id),
+                          "push_incidents_reply").results)
+    r3 = list(expect_body(worker.wait_reply(report.request_id),
                           "push_incidents_reply").results)
     # The second one, after the first, merges into its incident.
     assert_outcome(r1[0], "ACCEPTED")
     assert_outcome(r2[0], "MERGED")
     assert r2[0].incident_id == r1[0].incident_id
-    civil.close()
-    urban.close()
+    assert stored(r3[0]), r3
+    for c in (civil, urban, admin, worker):
+        c.close()
 
 
 def test_throughput_with_concurrent_pushers():

@@ -85,7 +85,7 @@ test_sql_tiles_are_predicted(void **state)
 			}
 			mergekeys_add_point(&k, "noise", x, y, r);
 			mergekeys_finish(&k);
-			assert_int_equal(k.whole.n, 0);
+			assert_int_equal(k.any_types.n, 0);
 			for (double gx = floor((x - dx) / tile);
 			    gx <= floor((x + dx) / tile); gx++)
 				for (double gy = floor((y - dlat) / tile);
@@ -150,6 +150,7 @@ test_unknown_tiles_hold_back_their_task_type(void **state)
 {
 	struct mergekeys bldg = { 0 }, a = { 0 }, far = { 0 }, other = { 0 };
 	struct mergekeys none = { 0 }, nan_pt = { 0 }, pole = { 0 };
+	struct mergekeys mixed = { 0 };
 
 	(void)state;
 	mergekeys_add_type(&bldg, "noise");
@@ -174,12 +175,21 @@ test_unknown_tiles_hold_back_their_task_type(void **state)
 	assert_int_equal(pole.tiles.n, 0);
 	assert_true(meets(&nan_pt, &far) && meets(&pole, &far));
 	assert_false(meets(&nan_pt, &other) || meets(&pole, &other));
+	/* A push with tiles of one type and a building of another meets the
+	 * other type's tiles anywhere, and its own type's only there. */
+	mergekeys_add_point(&mixed, "noise", 100, 10, 50);
+	mergekeys_add_type(&mixed, "garbage");
+	mergekeys_finish(&mixed);
+	assert_true(meets(&mixed, &other) && meets(&other, &mixed));
+	assert_false(meets(&mixed, &a) || meets(&a, &mixed));
+	assert_false(meets(&mixed, &far) || meets(&far, &mixed));
 	mergekeys_free(&bldg);
 	mergekeys_free(&a);
 	mergekeys_free(&far);
 	mergekeys_free(&other);
 	mergekeys_free(&nan_pt);
 	mergekeys_free(&pole);
+	mergekeys_free(&mixed);
 }
 
 static void
