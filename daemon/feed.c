@@ -216,6 +216,7 @@ static struct {
 	struct feed_queue queue;
 	size_t queued_items;
 	struct feed_groups inflight;	/* transactions not answered yet */
+	struct mergekeys_set inflight_keys;	/* their merge tiles */
 	int ninflight;
 	int solo_inflight;		/* of them, retries of one request */
 	uint64_t counts[FC_N];
@@ -234,6 +235,21 @@ static struct {
 };
 
 static void feed_flush(void);
+
+/* The merge tiles of the transactions in flight, kept as they start and
+ * rebuilt as they end, rather than on every look at the queue (one per
+ * push that arrives while they run). */
+static void
+inflight_keys_rebuild(void)
+{
+	struct feed_group *f;
+
+	mergekeys_set_free(&fq.inflight_keys);
+	mergekeys_set_init(&fq.inflight_keys);
+	TAILQ_FOREACH(f, &fq.inflight, entry)
+		for (size_t i = 0; i < f->n; i++)
+			mergekeys_set_add(&fq.inflight_keys, &f->reqs[i]->keys);
+}
 
 /* ---- a growable string for array literals ------------------------------ */
 
@@ -518,6 +534,7 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 	fq.ninflight--;
 	if (g->solo)
 		fq.solo_inflight--;
+	inflight_keys_rebuild();
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
 	if (st == DB_OK && n == 1) {
 		int64_t gv;
@@ -598,17 +615,6 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 	feed_flush();
 }
 
-/* Open addressing over a request's sent ext_ids. */
-static uint32_t
-ext_hash(const char *s)
-{
-	uint32_t h = 2166136261u;
-
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-		h = (h ^ *p) * 16777619u;
-	return h;
-}
-
 /* The item of r sending this ext_id, or -1; with add, idx is recorded when
  * the key is new. nslots is a power of two over twice the items. */
 static int
@@ -616,7 +622,7 @@ req_ext_find(struct feed_req *r, const char *ext, int add_idx)
 {
 	size_t mask = r->nslots - 1;
 
-	for (size_t i = ext_hash(ext) & mask;; i = (i + 1) & mask) {
+	for (size_t i = fnv1a32(ext) & mask;; i = (i + 1) & mask) {
 		if (r->slots[i] < 0) {
 			if (add_idx >= 0)
 				r->slots[i] = add_idx;
@@ -745,7 +751,7 @@ struct srcset {
 static uint32_t
 src_hash(const struct feed_req *r)
 {
-	return ext_hash(r->source) ^ (r->from_worker ? 0x9e3779b9u : 0);
+	return fnv1a32(r->source) ^ (r->from_worker ? 0x9e3779b9u : 0);
 }
 
 static bool
@@ -791,7 +797,7 @@ feed_start(void)
 	struct feed_req *r, *next;
 	struct db_batch *b;
 	struct srcset blocked;
-	struct mergekeys_set busy;
+	struct mergekeys_set reserved;	/* tiles of requests held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0, keys_seen = 0;
 
@@ -816,12 +822,10 @@ feed_start(void)
 			slots *= 2;
 		blocked.mask = slots - 1;
 		blocked.v = xcalloc(slots, sizeof(*blocked.v));
-		mergekeys_set_init(&busy);
+		mergekeys_set_init(&reserved);
 		TAILQ_FOREACH(f, &fq.inflight, entry)
-			for (size_t i = 0; i < f->n; i++) {
+			for (size_t i = 0; i < f->n; i++)
 				(void)srcset_find(&blocked, f->reqs[i], true);
-				mergekeys_set_add(&busy, &f->reqs[i]->keys);
-			}
 		for (r = TAILQ_FIRST(&fq.queue); r != NULL &&
 		    scanned < FEED_SCAN_MAX; r = next, scanned++) {
 			next = TAILQ_NEXT(r, entry);
@@ -834,7 +838,8 @@ feed_start(void)
 				if (keys_seen > FEED_SCAN_KEYS_MAX)
 					break;
 			}
-			if (mergekeys_set_meets(&busy, &r->keys)) {
+			if (mergekeys_set_meets(&fq.inflight_keys, &r->keys) ||
+			    mergekeys_set_meets(&reserved, &r->keys)) {
 				/* It would wait in the SQL: next time, and its
 				 * tiles are kept for it meanwhile. */
 				if (!r->tile_waited) {
@@ -842,7 +847,7 @@ feed_start(void)
 					fq.tile_waits++;
 				}
 				(void)srcset_find(&blocked, r, true);
-				mergekeys_set_add(&busy, &r->keys);
+				mergekeys_set_add(&reserved, &r->keys);
 				continue;
 			}
 			if (g->n > 0 && g->weight + r->n > cap)
@@ -862,7 +867,7 @@ feed_start(void)
 			g->weight += r->n;
 		}
 		free(blocked.v);
-		mergekeys_set_free(&busy);
+		mergekeys_set_free(&reserved);
 		if (g->n == 0) {
 			group_free(g);
 			return false;
@@ -886,6 +891,8 @@ feed_start(void)
 	}
 	TAILQ_INSERT_TAIL(&fq.inflight, g, entry);
 	fq.ninflight++;
+	for (size_t i = 0; i < g->n; i++)
+		mergekeys_set_add(&fq.inflight_keys, &g->reqs[i]->keys);
 	if (g->solo)
 		fq.solo_inflight++;
 	return true;
@@ -1244,5 +1251,6 @@ feed_shutdown(void)
 		req_free(r);
 	}
 	fq.queued_items = 0;
+	mergekeys_set_free(&fq.inflight_keys);
 	cellcache_shutdown();
 }

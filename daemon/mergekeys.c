@@ -47,17 +47,13 @@ mix64(uint64_t x)
 static uint64_t
 str_hash(const char *s)
 {
-	uint64_t h = 14695981039346656037ull;
-
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-		h = (h ^ *p) * 1099511628211ull;
-	return h;
+	return fnv1a64(s != NULL ? s : "");
 }
 
 uint64_t
 mergekeys_key(const char *tt, int64_t gx, int64_t gy)
 {
-	return mix64(str_hash(tt != NULL ? tt : "") ^ mix64((uint64_t)gx ^
+	return mix64(str_hash(tt) ^ mix64((uint64_t)gx ^
 	    mix64((uint64_t)gy + 0x9e3779b97f4a7c15ull)));
 }
 
@@ -78,7 +74,7 @@ vec_push(struct mergekeys_vec *a, uint64_t key)
 void
 mergekeys_add_type(struct mergekeys *k, const char *tt)
 {
-	vec_push(&k->any_types, str_hash(tt != NULL ? tt : ""));
+	vec_push(&k->any_types, str_hash(tt));
 }
 
 void
@@ -106,7 +102,7 @@ mergekeys_add_point(struct mergekeys *k, const char *tt, double lon,
 		mergekeys_add_type(k, tt);
 		return;
 	}
-	vec_push(&k->tile_types, str_hash(tt != NULL ? tt : ""));
+	vec_push(&k->tile_types, str_hash(tt));
 	for (double gx = gx0; gx <= gx1; gx++)
 		for (double gy = gy0; gy <= gy1; gy++)
 			vec_push(&k->tiles, mergekeys_key(tt, (int64_t)gx,

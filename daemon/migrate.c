@@ -29,14 +29,7 @@ struct migration {
 static long long
 lock_key(void)
 {
-	const char *s = "gridd.migrate";
-	uint64_t h = 14695981039346656037ull;
-
-	for (; *s; s++) {
-		h ^= (unsigned char)*s;
-		h *= 1099511628211ull;
-	}
-	return (long long)h;
+	return (long long)fnv1a64("gridd.migrate");
 }
 
 /*

@@ -333,16 +333,6 @@ struct rl_entry {
 static struct rl_entry rl_principals[RL_SLOTS];
 static struct rl_entry rl_addrs[RL_SLOTS];
 
-static uint32_t
-rl_hash(const char *s)
-{
-	uint32_t h = 2166136261u;	/* FNV-1a */
-
-	for (; *s != '\0'; s++)
-		h = (h ^ (uint8_t)*s) * 16777619u;
-	return h;
-}
-
 static bool
 rl_expired(const struct rl_entry *e, int64_t now)
 {
@@ -354,7 +344,7 @@ rl_expired(const struct rl_entry *e, int64_t now)
 static struct rl_entry *
 rl_find(struct rl_entry *t, const char *key, bool create)
 {
-	uint32_t h = rl_hash(key);
+	uint32_t h = fnv1a32(key);
 	struct rl_entry *victim = NULL;
 	int64_t now = mono_ms();
 

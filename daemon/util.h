@@ -62,4 +62,10 @@ size_t utf8_prefix(const char *s, size_t max);
 /* Constant-time comparison for secrets and their hashes. */
 bool ct_equal(const void *a, const void *b, size_t n) WUR;
 
+/* FNV-1a of a NUL-terminated string, for in-process hash tables and for
+ * keys every process must agree on (a fixed definition, unlike a
+ * server-side hash). */
+uint32_t fnv1a32(const char *s);
+uint64_t fnv1a64(const char *s);
+
 #endif

@@ -77,6 +77,23 @@ test_utf8_prefix(void **state)
 	assert_int_equal(utf8_prefix("", 5), 0);
 }
 
+/* The published FNV-1a test vectors; migrate.c's advisory lock key must
+ * stay what every earlier gridd computed for "gridd.migrate" (processes
+ * of two versions migrate under the same lock). */
+#define MIGRATE_KEY 0x9375f44a764b2cd8ull
+static void
+test_fnv1a(void **state)
+{
+	(void)state;
+	assert_true(fnv1a32("") == 0x811c9dc5u);
+	assert_true(fnv1a32("a") == 0xe40c292cu);
+	assert_true(fnv1a32("foobar") == 0xbf9cf968u);
+	assert_true(fnv1a64("") == 0xcbf29ce484222325ull);
+	assert_true(fnv1a64("a") == 0xaf63dc4c8601ec8cull);
+	assert_true(fnv1a64("foobar") == 0x85944171f73967e8ull);
+	assert_true(fnv1a64("gridd.migrate") == MIGRATE_KEY);
+}
+
 static void
 test_clocks(void **state)
 {
@@ -97,6 +114,7 @@ main(void)
 		cmocka_unit_test(test_xstrndup),
 		cmocka_unit_test(test_utf8_prefix),
 		cmocka_unit_test(test_clocks),
+		cmocka_unit_test(test_fnv1a),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
