@@ -274,6 +274,7 @@ http_start(const struct cfg *cfg)
 	evhttp_set_gencb(http, request_cb, NULL);
 	struct evutil_addrinfo hints, *ai = NULL;
 	char portstr[8];
+	int bind_errno = 0;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -287,11 +288,14 @@ http_start(const struct cfg *cfg)
 		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
 		    LEV_OPT_CLOSE_ON_EXEC, 128, ai->ai_addr,
 		    (int)ai->ai_addrlen);
+	if (http_lev == NULL)
+		bind_errno = errno;	/* before freeaddrinfo can touch it */
 	if (ai != NULL)
 		evutil_freeaddrinfo(ai);
 	if (http_lev == NULL ||
 	    evhttp_bind_listener(http, http_lev) == NULL) {
-		log_error("event=http_listen error=\"cannot bind\" addr=%s",
+		log_error("event=http_listen error=\"cannot bind: %s\" addr=%s",
+		    bind_errno != 0 ? strerror(bind_errno) : "unknown",
 		    cfg->http_listen);
 		/* evhttp_bind_listener owns the listener only on success. */
 		if (http_lev != NULL)

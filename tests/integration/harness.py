@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import itertools
 import os
+import random
 import re
 import shutil
 import signal
@@ -195,8 +196,32 @@ def fresh_database(prefix="gridd_test"):
 
 # ---- ports ------------------------------------------------------------------
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    """A TCP port on 127.0.0.1 that nobody uses right now, below the
+    kernel's ephemeral range when there is room: the port stays unbound
+    until gridd binds it, and a port from the ephemeral range can be taken
+    meanwhile by any outgoing connection on the machine (the tests open
+    thousands). Gridd.start() picks new ports if one was taken anyway."""
+    lo, _ = _ephemeral_range()
+    if lo > 11000:
+        rnd = random.SystemRandom()
+        for _ in range(50):
+            port = rnd.randrange(10000, lo)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -438,23 +463,59 @@ class Gridd:
         env = dict(os.environ)
         env.update(self.env or {})
         self._log = open(self.logpath, "ab")
+        self._started_at = self._log.tell()
         self.proc = subprocess.Popen(
             self.wrapper + [self.binary, "-c", self.path],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             env=env)
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except AssertionError:
+                if not self._new_ports_after_lost_race():
+                    raise
+                return self.start(wait, timeout)
         return self
 
+    def _new_ports_after_lost_race(self):
+        """After gridd could not bind a port that free_port() chose, because
+        another process took it in between: new ports in the config, at
+        most twice per daemon. False when that is not what happened, or
+        the ports were not free_port()'s to change."""
+        c = self.config
+        if (not isinstance(c, Config) or self.running() or
+                getattr(self, "_port_retries", 0) >= 2 or
+                c.get("server", "listen") != "127.0.0.1:%s" % c.api_port or
+                c.get("admin_http", "listen") !=
+                "127.0.0.1:%s" % c.http_port):
+            return False
+        with open(self.logpath, "rb") as f:
+            f.seek(self._started_at)
+            if b"Address already in use" not in f.read():
+                return False
+        self._port_retries = getattr(self, "_port_retries", 0) + 1
+        c.api_port, c.http_port = free_port(), free_port()
+        c.set("server", "listen", "127.0.0.1:%d" % c.api_port)
+        c.set("admin_http", "listen", "127.0.0.1:%d" % c.http_port)
+        c.write()
+        return True
+
     def wait_ready(self, timeout=20):
-        """Waits until the API port accepts connections."""
+        """Waits until this gridd says it is ready and its API port accepts
+        connections. The port alone is not proof: ports come from
+        free_port(), and between that and gridd's bind another process on
+        the machine (a concurrent test's client, say) may have taken it."""
         deadline = time.monotonic() + timeout
+        ready = re.compile(rb"event=ready ")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     "gridd exited with status %s before it was ready:\n%s"
                     % (self.proc.returncode, self.log_tail()))
-            if port_open("127.0.0.1", self.api_port):
+            with open(self.logpath, "rb") as f:
+                f.seek(self._started_at)
+                said = ready.search(f.read()) is not None
+            if said and port_open("127.0.0.1", self.api_port):
                 return self
             time.sleep(0.05)
         raise AssertionError("gridd not ready after %ss:\n%s"

@@ -41,7 +41,7 @@ def make_items(worker, batch):
     return out
 
 
-def pusher(addr, worker, sent, acked, stop):
+def pusher(addr, worker, sent, acked, stop, killed, errors):
     dept = PUSHERS[worker][0]
     try:
         c = harness.Client(addr, timeout=30)
@@ -53,13 +53,18 @@ def pusher(addr, worker, sent, acked, stop):
             sent.extend((dept, it) for it in items)
             rep = c.request("push_incidents", incidents=items, timeout=30)
             if harness.body(rep) != "push_incidents_reply":
+                errors.append("pusher %d: %s" % (worker, str(rep).strip()))
                 break
             for it, r in zip(items, rep.push_incidents_reply.results):
                 assert r.ext_id == it.ext_id
                 acked[(dept, it.ext_id)] = (r.outcome, r.incident_id)
             b += 1
-    except (harness.Closed, harness.Timeout, OSError):
-        pass        # gridd was killed under us: expected
+    except (harness.Closed, harness.Timeout, OSError) as e:
+        # Expected once gridd is killed under us; said if it came earlier.
+        if not killed.is_set():
+            errors.append("pusher %d: %r" % (worker, e))
+    except Exception as e:     # noqa: BLE001 - reported by the test
+        errors.append("pusher %d: %r" % (worker, e))
 
 
 def test_kill9_loses_nothing_acknowledged():
@@ -68,21 +73,29 @@ def test_kill9_loses_nothing_acknowledged():
     g = harness.Gridd(cfg, name="crash").start()
     harness.psql(test_feed.FIXTURE, cfg.dbname)
 
-    sent, acked, stop = [], {}, threading.Event()
+    sent, acked, errors = [], {}, []
+    stop, killed = threading.Event(), threading.Event()
     threads = [threading.Thread(target=pusher,
-                                args=(cfg.addr, w, sent, acked, stop))
+                                args=(cfg.addr, w, sent, acked, stop, killed,
+                                      errors))
                for w in range(len(PUSHERS))]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 20
-    while len(acked) < 3000 and time.monotonic() < deadline:
+    while (len(acked) < 3000 and time.monotonic() < deadline and
+           any(t.is_alive() for t in threads)):
         time.sleep(0.02)
+    log = g.log_tail(60)
+    # Pushers still have batches in flight here: that is the point.
+    killed.set()
     g.signal(signal.SIGKILL)
     g.wait_exit(10)
     stop.set()
     for t in threads:
         t.join(40)
-    assert len(acked) >= 1000, "only %d items acknowledged" % len(acked)
+    assert len(acked) >= 1000, (
+        "only %d items acknowledged; pushers: %s\ngridd's log:\n%s"
+        % (len(acked), "; ".join(errors) or "no error", log))
     print("   %d items sent, %d acknowledged before SIGKILL"
           % (len(sent), len(acked)))
 
