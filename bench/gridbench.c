@@ -23,6 +23,7 @@
 
 #include "bclient.h"
 #include "bdb.h"
+#include "bmetrics.h"
 #include "bstats.h"
 #include "util.h"
 
@@ -97,6 +98,7 @@ static struct {
 	double warmup;
 	int64_t max_requests;
 	const char *json;
+	const char *metrics;	/* the daemon's admin_http, or NULL */
 	const char *categories[MAX_CATEGORIES];
 	int ncategories;
 	const char *negative_category;
@@ -607,6 +609,67 @@ error_text(const Gridd__V1__Envelope *env)
 	return buf;
 }
 
+/* ---- the daemon's ingest transactions (--metrics) ------------------------ */
+
+/*
+ * Read from gridd's /metrics before a run's clock starts and after its
+ * drain: how many ingest transactions carried the run, their size, and
+ * their seconds per second of run. Near 1 with transactions one after
+ * another means the database backend never idled, so a figure taken there
+ * sits at a knee where a few per cent of noise builds a backlog.
+ */
+struct txwin {
+	bool ok;
+	int64_t t0;
+	struct bm_push a;
+};
+
+static void
+txwin_begin(struct txwin *t)
+{
+	char err[256];
+
+	t->ok = false;
+	if (O.metrics == NULL)
+		return;
+	if (!bm_read_push(O.metrics, &t->a, err, sizeof(err))) {
+		note("--metrics %s: %s; no transaction figures", O.metrics, err);
+		return;
+	}
+	t->t0 = bc_now_us();
+	t->ok = true;
+}
+
+/* Writes the figures into w and a summary into line ("" when none). */
+static void
+txwin_end(struct txwin *t, struct jw *w, char *line, size_t len)
+{
+	struct bm_push b;
+	char err[256];
+	double secs, n;
+
+	line[0] = '\0';
+	if (!t->ok)
+		return;
+	if (!bm_read_push(O.metrics, &b, err, sizeof(err))) {
+		note("--metrics %s: %s; no transaction figures", O.metrics, err);
+		return;
+	}
+	secs = (double)(bc_now_us() - t->t0) / 1e6;
+	n = b.txns - t->a.txns;
+	jw_obj(w, "push_transactions");
+	jw_num(w, "count", n);
+	jw_num(w, "items_per_txn", n > 0 ? (b.items - t->a.items) / n : 0);
+	jw_num(w, "seconds", b.txn_seconds - t->a.txn_seconds);
+	jw_num(w, "run_seconds", secs);
+	jw_num(w, "seconds_per_s", secs > 0 ?
+	    (b.txn_seconds - t->a.txn_seconds) / secs : 0);
+	jw_close(w);
+	snprintf(line, len, " txns=%.0f items/txn=%.0f txn_s/s=%.2f", n,
+	    n > 0 ? (b.items - t->a.items) / n : 0, secs > 0 ?
+	    (b.txn_seconds - t->a.txn_seconds) / secs : 0);
+}
+
 /* ---- ingest ---------------------------------------------------------------- */
 
 struct item {
@@ -883,6 +946,8 @@ ingest_should_stop(void)
 static int
 run_ingest(struct jw *w)
 {
+	struct txwin tx;
+	char txline[128];
 	int64_t hard;
 	double secs, ips;
 	const char *names[] = { "unspecified", "accepted", "merged",
@@ -912,6 +977,7 @@ run_ingest(struct jw *w)
 	if (R.ready < I.nd)
 		die("ingest: %d of %d departments logged in (%s)", R.ready,
 		    I.nd, I.d[0].s.st == SS_DEAD ? I.d[0].s.why : "timeout");
+	txwin_begin(&tx);
 	I.t_start = bc_now_us();
 	I.t_warm = I.t_start + (int64_t)(O.warmup * 1e6);
 	I.t_stop = I.t_start + (int64_t)((O.warmup + O.duration) * 1e6);
@@ -933,19 +999,20 @@ run_ingest(struct jw *w)
 		event_del(I.tick);
 	run_until(ingest_drained, bc_now_us() + (int64_t)(DRAIN_GRACE_S * 1e6));
 	UNUSED(hard);
+	txwin_end(&tx, w, txline, sizeof(txline));
 
 	secs = (double)(I.t_last_reply - I.t_warm) / 1e6;
 	ips = secs > 0 ? (double)I.acked_measured / secs : 0;
 	printf("ingest: %s depts=%d batch=%d %s acked=%lld (%.0f/s) "
 	    "p50=%.2fms p99=%.2fms p99.9=%.2fms accepted=%lld merged=%lld "
-	    "duplicate=%lld rejected=%lld errors=%lld%s%s\n",
+	    "duplicate=%lld rejected=%lld errors=%lld%s%s%s\n",
 	    O.tls ? "tls" : "tcp", I.nd, O.batch, O.rate > 0 ? "open-loop" :
 	    "closed-loop", (long long)I.acked, ips, lat_pct_ms(&I.lat, 50),
 	    lat_pct_ms(&I.lat, 99), lat_pct_ms(&I.lat, 99.9),
 	    (long long)I.outcome[1], (long long)I.outcome[2],
 	    (long long)I.outcome[3], (long long)I.outcome[4],
-	    (long long)I.error_replies, I.first_error[0] ? " first_error=" :
-	    "", I.first_error);
+	    (long long)I.error_replies, txline, I.first_error[0] ?
+	    " first_error=" : "", I.first_error);
 	jw_str(w, "transport", O.tls ? "tls" : "tcp");
 	jw_int(w, "departments", I.nd);
 	jw_int(w, "batch", O.batch);
@@ -1274,7 +1341,8 @@ offers_drained(void)
 static int
 run_dispatch(struct jw *w)
 {
-	char err[512];
+	struct txwin tx;
+	char err[512], txline[128];
 	double secs;
 	size_t want;
 
@@ -1321,6 +1389,7 @@ run_dispatch(struct jw *w)
 	if (D.dept.st != SS_READY)
 		die("dispatch: department %s did not log in: %s",
 		    D.dept.principal, D.dept.why);
+	txwin_begin(&tx);
 	D.t_start = bc_now_us();
 	D.t_stop = D.t_start + (int64_t)(O.duration * 1e6);
 	{
@@ -1336,6 +1405,7 @@ run_dispatch(struct jw *w)
 	event_del(D.tick);
 	run_until(offers_drained, bc_now_us() + (int64_t)(DRAIN_GRACE_S * 1e6));
 	secs = (double)(bc_now_us() - D.t_start) / 1e6;
+	txwin_end(&tx, w, txline, sizeof(txline));
 	/* Offers for incidents this run never saw accepted (left over from
 	 * before, or their reply lost) are not in the latency figures. */
 	for (size_t i = 0; i < D.cap; i++)
@@ -1345,14 +1415,14 @@ run_dispatch(struct jw *w)
 	printf("dispatch: workers=%d ready=%d rate=%.0f/s pushed=%lld "
 	    "accepted=%lld offers=%lld (%.0f/s) reply->offer p50=%.2fms "
 	    "p99=%.2fms push reply p50=%.2fms p99=%.2fms "
-	    "accept->update p50=%.2fms p99=%.2fms%s%s\n",
+	    "accept->update p50=%.2fms p99=%.2fms%s%s%s\n",
 	    D.nw, R.ready - 1, O.rate, (long long)D.pushed,
 	    (long long)D.accepted_items, (long long)D.offers,
 	    secs > 0 ? (double)D.offers / secs : 0,
 	    lat_pct_ms(&D.reply_offer, 50), lat_pct_ms(&D.reply_offer, 99),
 	    lat_pct_ms(&D.push_reply, 50), lat_pct_ms(&D.push_reply, 99),
 	    lat_pct_ms(&D.accept_update, 50), lat_pct_ms(&D.accept_update, 99),
-	    D.first_error[0] ? " first_error=" : "", D.first_error);
+	    txline, D.first_error[0] ? " first_error=" : "", D.first_error);
 	jw_int(w, "workers", D.nw);
 	jw_int(w, "workers_ready", R.ready - (D.dept.st == SS_READY));
 	jw_int(w, "checked_in", D.checked_in);
@@ -1854,6 +1924,8 @@ usage(void)
 "  --mode single|multi|gridd --task-type NAME --db-conns N   (baseline)\n"
 "  --merge-radius M --merge-window S   the daemon's [dispatch] values\n"
 "  --sample DIR --city-buildings N --city-communities C --partbench PATH\n"
+"  --metrics HOST:PORT  the daemon's admin_http: report the ingest\n"
+"                        transactions behind the run (ingest, dispatch)\n"
 "  --json FILE --quiet\n");
 	exit(2);
 }
@@ -1944,6 +2016,7 @@ parse_args(int argc, char **argv)
 	    OPT_CONNS, OPT_PROCS, OPT_PINGIV, OPT_LOGINC, OPT_WPREFIX,
 	    OPT_ITER, OPT_PID, OPT_NOSPREAD, OPT_MODE, OPT_TT, OPT_SAMPLE,
 	    OPT_CITYB, OPT_CITYC, OPT_PARTBENCH, OPT_JSON, OPT_QUIET,
+	    OPT_METRICS,
 	    OPT_WPASS, OPT_DBCONNS, OPT_MRADIUS, OPT_MWINDOW };
 	static const struct option lo[] = {
 		{ "addr", required_argument, NULL, OPT_ADDR },
@@ -1983,6 +2056,7 @@ parse_args(int argc, char **argv)
 		{ "merge-radius", required_argument, NULL, OPT_MRADIUS },
 		{ "merge-window", required_argument, NULL, OPT_MWINDOW },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
+		{ "metrics", required_argument, NULL, OPT_METRICS },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *env;
@@ -2063,6 +2137,7 @@ parse_args(int argc, char **argv)
 		case OPT_DBCONNS: O.db_conns = (int)num_arg(optarg, 1, 256,
 		    "--db-conns"); break;
 		case OPT_QUIET: O.quiet = true; break;
+		case OPT_METRICS: O.metrics = optarg; break;
 		default: usage();
 		}
 	}
