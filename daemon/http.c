@@ -274,7 +274,8 @@ http_start(const struct cfg *cfg)
 	evhttp_set_gencb(http, request_cb, NULL);
 	struct evutil_addrinfo hints, *ai = NULL;
 	char portstr[8];
-	int bind_errno = 0;
+	const char *why = NULL;
+	int gai = 0;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -282,21 +283,27 @@ http_start(const struct cfg *cfg)
 	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
 	snprintf(portstr, sizeof(portstr), "%u", port);
 	http_resume_ev = evtimer_new(gridd.base, http_resume_cb, NULL);
-	if (http_resume_ev != NULL &&
-	    evutil_getaddrinfo(host, portstr, &hints, &ai) == 0 && ai != NULL)
+	if (http_resume_ev == NULL)
+		why = "out of memory";
+	else if ((gai = evutil_getaddrinfo(host, portstr, &hints, &ai)) != 0 ||
+	    ai == NULL)
+		why = gai != 0 ? evutil_gai_strerror(gai) : "no address";
+	else {
 		http_lev = evconnlistener_new_bind(gridd.base, NULL, NULL,
 		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
 		    LEV_OPT_CLOSE_ON_EXEC, 128, ai->ai_addr,
 		    (int)ai->ai_addrlen);
-	if (http_lev == NULL)
-		bind_errno = errno;	/* before freeaddrinfo can touch it */
+		/* Said before freeaddrinfo can touch errno. */
+		if (http_lev == NULL)
+			why = strerror(errno);
+	}
 	if (ai != NULL)
 		evutil_freeaddrinfo(ai);
-	if (http_lev == NULL ||
-	    evhttp_bind_listener(http, http_lev) == NULL) {
+	if (http_lev != NULL && evhttp_bind_listener(http, http_lev) == NULL)
+		why = "evhttp_bind_listener failed";
+	if (why != NULL) {
 		log_error("event=http_listen error=\"cannot bind: %s\" addr=%s",
-		    bind_errno != 0 ? strerror(bind_errno) : "unknown",
-		    cfg->http_listen);
+		    why, cfg->http_listen);
 		/* evhttp_bind_listener owns the listener only on success. */
 		if (http_lev != NULL)
 			evconnlistener_free(http_lev);

@@ -549,11 +549,13 @@ def test_subscriber_hears_a_merge_into_anothers_incident():
 def test_batch_of_1000_gets_one_reply_in_order():
     c, _ = dept_client()
     items = []
-    # North of every spot() a test uses (rows 0..11), more than the merge
-    # radius away, so that what those tests assert cannot depend on order.
+    # North of every spot() a test uses (rows 0..11) and south of the
+    # pipelined test's row (lat 47.1193) and the MZG-7 layer, more than
+    # the merge radius from each, so that what those tests assert cannot
+    # depend on the order they run in.
     for i in range(1000):
-        lon = 9.5002 + (i % 40) * 0.0004
-        lat = 47.1122 + (i // 40) * 0.0003
+        lon = 9.5002 + (i % 50) * 0.0003
+        lat = 47.1122 + (i // 50) * 0.0003
         items.append(item("k-%04d" % i, ("MZ01", "MZ02")[i % 2], lon, lat))
     t0 = time.monotonic()
     res = push(c, items, timeout=60)
