@@ -3,10 +3,8 @@
  * and the ingest transaction series out of it.
  *
  * Read before and after a run, outside the event loop, so that the load
- * generator's timing is not disturbed. The figure it gives, transaction
- * seconds per second of run, says how busy the database was with ingest:
- * near 1 with transactions one after another, the backend never idles and
- * any slowdown builds a backlog; above 1 when they run side by side.
+ * generator's timing is not disturbed. What the figures mean is said
+ * where gridbench reports them (txwin_end).
  */
 #include "bmetrics.h"
 

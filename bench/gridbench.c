@@ -614,9 +614,13 @@ error_text(const Gridd__V1__Envelope *env)
 /*
  * Read from gridd's /metrics before a run's clock starts and after its
  * drain: how many ingest transactions carried the run, their size, and
- * their seconds per second of run. Near 1 with transactions one after
- * another means the database backend never idled, so a figure taken there
- * sits at a knee where a few per cent of noise builds a backlog.
+ * their seconds per second of run. A transaction's seconds run from its
+ * submission to its commit (a wait for a pool connection or a lock
+ * included), and only transactions completed within the window count, so
+ * with transactions of a second or more the figure is coarse. Near 1,
+ * with transactions one at a time, the database backend never idled: a
+ * figure taken there sits at a knee where a few per cent of noise builds
+ * a backlog.
  */
 struct txwin {
 	bool ok;
@@ -657,6 +661,11 @@ txwin_end(struct txwin *t, struct jw *w, char *line, size_t len)
 	}
 	secs = (double)(bc_now_us() - t->t0) / 1e6;
 	n = b.txns - t->a.txns;
+	if (n < 0 || b.txn_seconds < t->a.txn_seconds) {
+		note("--metrics %s: the daemon's counters went back (a "
+		    "restart?); no transaction figures", O.metrics);
+		return;
+	}
 	jw_obj(w, "push_transactions");
 	jw_num(w, "count", n);
 	jw_num(w, "items_per_txn", n > 0 ? (b.items - t->a.items) / n : 0);
@@ -1924,8 +1933,9 @@ usage(void)
 "  --mode single|multi|gridd --task-type NAME --db-conns N   (baseline)\n"
 "  --merge-radius M --merge-window S   the daemon's [dispatch] values\n"
 "  --sample DIR --city-buildings N --city-communities C --partbench PATH\n"
-"  --metrics HOST:PORT  the daemon's admin_http: report the ingest\n"
-"                        transactions behind the run (ingest, dispatch)\n"
+"  --metrics 127.x.x.x:PORT  the daemon's admin_http (IPv4 loopback):\n"
+"                        report the ingest transactions behind the run\n"
+"                        (ingest, dispatch)\n"
 "  --json FILE --quiet\n");
 	exit(2);
 }
