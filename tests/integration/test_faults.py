@@ -24,6 +24,7 @@ name and the rest (worker upserts, logins, pings) still runs.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -616,7 +617,11 @@ def test_connection_churn():
     n = 0
     with Prober(cfg.addr) as p:
         t0 = time.monotonic()
-        while n < 10000 and time.monotonic() - t0 < 60:
+        # At least 10,000, and on until the prober has 10 pings to judge
+        # by: on a quick box the 10,000 take a quarter of a second, and
+        # this loop holds the GIL the prober's thread needs.
+        while ((n < 10000 or len(p.lat) < 10) and
+               time.monotonic() - t0 < 60):
             s = socket.socket()
             # Reset on close: no TIME_WAIT pile-up in the test itself.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -629,8 +634,8 @@ def test_connection_churn():
                 pass
             s.close()
             n += 1
-    check_prober(p, quiet, "10,000 connections opened and dropped")
-    assert n == 10000, "only %d connections in 60 s" % n
+    check_prober(p, quiet, "%d connections opened and dropped" % n)
+    assert n >= 10000, "only %d connections in 60 s" % n
     rss_bounded(d, rss0, "connection churn")
     deadline = time.monotonic() + 10
     while fd_count(d.proc.pid) > fds0 + 5 and time.monotonic() < deadline:
@@ -694,6 +699,14 @@ def test_login_flood():
 
 # ---- out of descriptors -----------------------------------------------------
 
+def client_connections(http_port):
+    """API client connections gridd holds, in any state (its /metrics)."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % http_port,
+                                  timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(
+        r'^gridd_connections\{state="[a-z_]+"\} (\S+)$', text, re.M))
+
+
 def test_emfile_pauses_accepting():
     nofile = 100
     cfg = write_config(harness.tmppath("emfile.conf"),
@@ -706,6 +719,13 @@ def test_emfile_pauses_accepting():
                    r"reserved=\d+ effective=(\d+)" % nofile)
     cap = int(m.group(1))
     assert 0 < cap < nofile, cap
+    # The readiness probe's connection must be gone first: on a busy box
+    # gridd can read its end after accepting the connections below, and
+    # then one of them, not the extra one, is the one over the cap.
+    deadline = time.monotonic() + 10
+    while client_connections(cfg.http_port) != 0:
+        assert time.monotonic() < deadline, "the probe connection stays"
+        time.sleep(0.05)
     # Admission: connections beyond the cap are closed at once.
     held = []
     for _ in range(cap):
