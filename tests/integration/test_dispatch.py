@@ -7,6 +7,7 @@ elderly_visit: assist list, small matter, routed to the cell's worker).
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -719,32 +720,46 @@ def test_push_probes_keep_their_indexes_after_statistics_of_empty_tables():
     tag = dc.unique("empty")
     dc.make_community(db, tag)
     lon, lat = dc.cell_point(tag, 1)
-    plans = logged_plans(
+    push = (" gridd_feed_push(50, 3600, NULL,"
+            " ARRAY['department'], ARRAY['civil'], ARRAY['%(t)s-' || k],"
+            " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
+            " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
+            " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
+            " ARRAY[%(lon)r + 0.00001 * k], ARRAY[%(lat)r],"
+            " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
+            " ARRAY[NULL::text], ARRAY[''], ARRAY[''], '{}', '{}', '{}',"
+            " '{}', '{}', '{}', '{}', '{}', '{}', '{}')")
+    plans = logged_plans((
         "BEGIN;"
         " ANALYZE incidents, incident_sources, events, assignments;"
+        # The session's plans are made by its first pushes, while the
+        # tables are empty, as a daemon's connections make theirs.
+        " SELECT count(*) FROM generate_series(1, 3) k, LATERAL" + push +
+        ";"
         " INSERT INTO incidents (community_id, task_type, list, matter,"
         " route, status, summary, geom) SELECT '%(t)s', 'elderly_visit',"
         " 'assist', 'small', 'department', 'referred', '%(t)s',"
         " ST_SetSRID(ST_MakePoint(%(lon)r + (i %% 60) * 0.00005,"
         " %(lat)r + (i / 60) * 0.00004), 4326)"
         " FROM generate_series(0, 2999) i;"
+        " INSERT INTO incident_sources (source_kind, source_id, ext_id,"
+        " incident_id, community_id, category, outcome) SELECT"
+        " 'department', 'civil', 'old-' || incident_id, incident_id,"
+        " '%(t)s', 'C', 'accepted' FROM incidents;"
         " -- auto_explain --\n"
-        " SELECT outcome FROM gridd_feed_push(50, 3600, NULL,"
-        " ARRAY['department'], ARRAY['civil'], ARRAY['%(t)s-1'],"
-        " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
-        " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
-        " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
-        " ARRAY[%(lon)r + 0.00001], ARRAY[%(lat)r], ARRAY[NULL::text],"
-        " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
-        " ARRAY[''], ARRAY[''], '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', '{}');"
-        " ROLLBACK;" % dict(t=tag, lon=lon, lat=lat), db)
+        " SELECT count(*) FROM generate_series(4, 4) k, LATERAL" + push +
+        ";"
+        " ROLLBACK;") % dict(t=tag, lon=lon, lat=lat), db)
     search = [b for b in plans if "WITH it AS" in b and "Aggregate" in b]
     assert len(search) == 1, plans[-3:]
     for table in ("incidents", "incident_sources"):
         assert "Seq Scan on %s " % table not in search[0], search[0]
-    assert "incidents_open_geom_idx" in search[0], search[0]
-    assert "incident_sources_pkey" in search[0], search[0]
+    # The merge probe keeps its box as the index condition. (The duplicate
+    # probe can still become a whole-index read joined to the items: see
+    # the end of sql/010_ingest_cost.sql; not asserted here.)
+    assert re.search(r"Index Scan using incidents_open_geom_idx on "
+                     r"incidents i[^\n]*\n\s+Index Cond: \(geom && ",
+                     search[0]), search[0]
     pushed = [b for b in plans if "Seq Scan on incidents " in b or
               "Seq Scan on incident_sources " in b or
               "Seq Scan on events " in b]
