@@ -581,6 +581,47 @@ def quiet_db(name="plans"):
     return _quiet[name]
 
 
+# A worker's password hash that no secret matches: rows for plan tests.
+NO_PASSWORD = "pbkdf2-sha256$1000$" + "0" * 16 + "$" + "0" * 64
+
+
+def open_incidents_sql(tag, lon, lat):
+    """3,000 open incidents of tag's community on a 4 m lattice from
+    (lon, lat), in SQL."""
+    return (" INSERT INTO incidents (community_id, task_type, list, matter,"
+            " route, status, summary, geom) SELECT '%(t)s', 'elderly_visit',"
+            " 'assist', 'small', 'department', 'referred', '%(t)s',"
+            " ST_SetSRID(ST_MakePoint(%(lon)r + (i %% 60) * 0.00005,"
+            " %(lat)r + (i / 60) * 0.00004), 4326)"
+            " FROM generate_series(0, 2999) i;"
+            % dict(t=tag, lon=lon, lat=lat))
+
+
+def push_sql(lon, lat, ext, dlon):
+    """A one-item gridd_feed_push call of civil's elderly visit ext (an SQL
+    expression) at (lon + dlon, lat), dlon an SQL expression too."""
+    return (" gridd_feed_push(50, 3600, NULL,"
+            " ARRAY['department'], ARRAY['civil'], ARRAY[%s],"
+            " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
+            " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
+            " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
+            " ARRAY[%r + %s], ARRAY[%r],"
+            " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
+            " ARRAY[NULL::text], ARRAY[''], ARRAY[''], '{}', '{}', '{}',"
+            " '{}', '{}', '{}', '{}', '{}', '{}', '{}')"
+            % (ext, lon, dlon, lat))
+
+
+def plan_spot(prefix, name="plans"):
+    """A community of its own in quiet_db(name), and a point in its first
+    cell: (database, community id, lon, lat)."""
+    db = quiet_db(name)
+    tag = dc.unique(prefix)
+    dc.make_community(db, tag)
+    lon, lat = dc.cell_point(tag, 1)
+    return db, tag, lon, lat
+
+
 def logged_plans(script, dbname):
     """Runs script with auto_explain on for every statement, nested ones
     included; returns the logged plans, one text per statement."""
@@ -600,11 +641,8 @@ def test_worker_plans_do_not_depend_on_who_was_on_duty():
     # read every on-duty worker for the lock of one and for the backup-cell
     # search.  The choice's own plans, after such statistics: the lock by
     # the primary key, tier 2 by the backup-cell index.
-    db = quiet_db()
-    tag = dc.unique("night")
-    dc.make_community(db, tag)
-    lon, lat = dc.cell_point(tag, 1)
-    h = "pbkdf2-sha256$1000$" + "0" * 16 + "$" + "0" * 64
+    db, tag, lon, lat = plan_spot("night")
+    h = NO_PASSWORD
     plans = logged_plans(
         "BEGIN;"
         " INSERT INTO workers (worker_id, community_id, password_hash,"
@@ -678,30 +716,14 @@ def test_merge_search_probes_the_open_incidents_index():
     # with a box around the item; with thousands of open incidents around,
     # a plan without it would read them all for each item.  The push's own
     # plan, through auto_explain.
-    db = quiet_db()
-    tag = dc.unique("merge")
-    dc.make_community(db, tag)
-    lon, lat = dc.cell_point(tag, 1)
+    db, tag, lon, lat = plan_spot("merge")
     plans = logged_plans(
-        "BEGIN;"
-        " INSERT INTO incidents (community_id, task_type, list, matter,"
-        " route, status, summary, geom) SELECT '%(t)s', 'elderly_visit',"
-        " 'assist', 'small', 'department', 'referred', '%(t)s',"
-        " ST_SetSRID(ST_MakePoint(%(lon)r + (i %% 60) * 0.00005,"
-        " %(lat)r + (i / 60) * 0.00004), 4326)"
-        " FROM generate_series(0, 2999) i;"
+        "BEGIN;" + open_incidents_sql(tag, lon, lat) +
         " ANALYZE incidents;"
         " -- auto_explain --\n"
-        " SELECT outcome FROM gridd_feed_push(50, 3600, NULL,"
-        " ARRAY['department'], ARRAY['civil'], ARRAY['%(t)s-1'],"
-        " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
-        " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
-        " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
-        " ARRAY[%(lon)r + 0.00001], ARRAY[%(lat)r], ARRAY[NULL::text],"
-        " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
-        " ARRAY[''], ARRAY[''], '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', '{}');"
-        " ROLLBACK;" % dict(t=tag, lon=lon, lat=lat), db)
+        " SELECT outcome FROM" +
+        push_sql(lon, lat, "'%s-1'" % tag, "0.00001") + ";"
+        " ROLLBACK;", db)
     search = [b for b in plans if "WITH it AS" in b and "Aggregate" in b]
     assert len(search) == 1, plans[-3:]
     assert "Index Scan using incidents_open_geom_idx" in search[0] or \
@@ -716,40 +738,23 @@ def test_push_probes_keep_their_indexes_after_statistics_of_empty_tables():
     # generic plans, made then, keep doing so while a storm fills it: one
     # such bench run fell from about 7,000 to 314 items/s. The push's own
     # plans after ANALYZE of the empty tables, then 3,000 incidents.
-    db = quiet_db("empty")
-    tag = dc.unique("empty")
-    dc.make_community(db, tag)
-    lon, lat = dc.cell_point(tag, 1)
-    push = (" gridd_feed_push(50, 3600, NULL,"
-            " ARRAY['department'], ARRAY['civil'], ARRAY['%(t)s-' || k],"
-            " ARRAY['C'], ARRAY['elderly_visit'], ARRAY['assist'],"
-            " ARRAY['small'], ARRAY['department'], ARRAY[0], ARRAY[''],"
-            " ARRAY[1], ARRAY[(extract(epoch FROM now()) * 1000)::bigint],"
-            " ARRAY[%(lon)r + 0.00001 * k], ARRAY[%(lat)r],"
-            " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
-            " ARRAY[NULL::text], ARRAY[''], ARRAY[''], '{}', '{}', '{}',"
-            " '{}', '{}', '{}', '{}', '{}', '{}', '{}')")
-    plans = logged_plans((
+    db, tag, lon, lat = plan_spot("empty", "empty")
+    push = push_sql(lon, lat, "'%s-' || k" % tag, "0.00001 * k")
+    plans = logged_plans(
         "BEGIN;"
         " ANALYZE incidents, incident_sources, events, assignments;"
         # The session's plans are made by its first pushes, while the
         # tables are empty, as a daemon's connections make theirs.
         " SELECT count(*) FROM generate_series(1, 3) k, LATERAL" + push +
-        ";"
-        " INSERT INTO incidents (community_id, task_type, list, matter,"
-        " route, status, summary, geom) SELECT '%(t)s', 'elderly_visit',"
-        " 'assist', 'small', 'department', 'referred', '%(t)s',"
-        " ST_SetSRID(ST_MakePoint(%(lon)r + (i %% 60) * 0.00005,"
-        " %(lat)r + (i / 60) * 0.00004), 4326)"
-        " FROM generate_series(0, 2999) i;"
+        ";" + open_incidents_sql(tag, lon, lat) +
         " INSERT INTO incident_sources (source_kind, source_id, ext_id,"
         " incident_id, community_id, category, outcome) SELECT"
         " 'department', 'civil', 'old-' || incident_id, incident_id,"
-        " '%(t)s', 'C', 'accepted' FROM incidents;"
+        " '%s', 'C', 'accepted' FROM incidents;" % tag +
         " -- auto_explain --\n"
         " SELECT count(*) FROM generate_series(4, 4) k, LATERAL" + push +
         ";"
-        " ROLLBACK;") % dict(t=tag, lon=lon, lat=lat), db)
+        " ROLLBACK;", db)
     search = [b for b in plans if "WITH it AS" in b and "Aggregate" in b]
     assert len(search) == 1, plans[-3:]
     for table in ("incidents", "incident_sources"):
@@ -770,11 +775,8 @@ def test_choice_probes_keep_their_indexes_after_statistics_of_empty_tables():
     # The same for the choice of a worker, in a push or after it: the
     # incident's past assignments are read by incident, whatever the
     # statistics of an emptied assignments table say.
-    db = quiet_db("empty")
-    tag = dc.unique("emptych")
-    dc.make_community(db, tag)
-    lon, lat = dc.cell_point(tag, 1)
-    h = "pbkdf2-sha256$1000$" + "0" * 16 + "$" + "0" * 64
+    db, tag, lon, lat = plan_spot("emptych", "empty")
+    h = NO_PASSWORD
     plans = logged_plans(
         "BEGIN;"
         " ANALYZE incidents, assignments, workers;"
