@@ -164,6 +164,9 @@ static const struct key_def keys[] = {
 	    "statements queued beyond the pool; more fail at once"),
 	KC(D, "reconnect_max_ms", CFG_T_INT, reconnect_max_ms, "5000", 100,
 	    600000, 0, "longest pause between reconnect attempts"),
+	KC(D, "replan_interval_s", CFG_T_INT, replan_interval_s, "60", 0,
+	    86400, 0, "each connection drops its cached plans this often, so "
+	    "that none made while a table was nearly empty lives on; 0 = never"),
 	KC(D, "migrations_dir", CFG_T_PATH, migrations_dir, GRIDD_SQLDIR, 0, 0,
 	    F_RESTART, "directory of numbered NNN_name.sql migrations"),
 	KC(D, "report_rollup_interval_s", CFG_T_INT, report_rollup_interval_s,

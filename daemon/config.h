@@ -117,6 +117,7 @@ struct cfg {
 	int query_timeout_ms;
 	int max_waiting;		/* queued statements beyond the pool */
 	int reconnect_max_ms;
+	int replan_interval_s;
 	char *migrations_dir;		/* numbered NNN_name.sql files */
 	int report_rollup_interval_s;	/* 0 = only when a report asks */
 	int report_rollup_budget_ms;

@@ -74,6 +74,7 @@ enum conn_state {
 	CONN_CONNECTING,	/* PQconnectPoll in progress; deadline armed */
 	CONN_IDLE,		/* session up, nothing in flight */
 	CONN_BUSY,		/* a request (or the LISTEN set-up) in flight */
+	CONN_REPLANNING,	/* DISCARD PLANS in flight; timer: its deadline */
 };
 
 static const char *const conn_state_names[] = {
@@ -82,6 +83,7 @@ static const char *const conn_state_names[] = {
 	[CONN_CONNECTING] = "connecting",
 	[CONN_IDLE] = "idle",
 	[CONN_BUSY] = "busy",
+	[CONN_REPLANNING] = "replanning",
 };
 
 enum req_kind {
@@ -168,6 +170,7 @@ struct db_conn {
 	unsigned gen;			/* settings generation it connected with */
 	int failures;			/* consecutive failed connects */
 	int64_t up_since;		/* mono_ms() when it connected */
+	int64_t planned_at;		/* mono_ms() of its last DISCARD PLANS */
 	bool was_up;			/* had a session before: count reconnect */
 	bool flushing;
 	bool listen_sent;		/* LISTEN statements in flight */
@@ -192,6 +195,7 @@ struct db_pool {
 	int max_waiting;
 	int query_timeout_ms;
 	int reconnect_max_ms;
+	int replan_interval_ms;			/* 0: never */
 	int connect_timeout_ms;			/* 0: derive from the query's */
 	const struct timeval *timeout_tv;	/* libevent common timeout */
 	struct db_conn **conns;
@@ -223,6 +227,7 @@ static void conn_io_cb(evutil_socket_t, short, void *);
 static void conn_timer_cb(evutil_socket_t, short, void *);
 static void conn_lost(struct db_conn *, const char *);
 static void conn_release(struct db_conn *);
+static void conn_replan(struct db_conn *);
 static void pool_dispatch(struct db_pool *);
 static void listener_kick(struct db_pool *);
 
@@ -735,6 +740,13 @@ db_batch_submit(struct db_pool *pool, struct db_batch *b, db_batch_cb cb,
 /* ------------------------------------------------------------------ */
 /* connections */
 
+/* A session is up in these states; in all but CONN_IDLE it is busy. */
+static bool
+conn_up(enum conn_state st)
+{
+	return st == CONN_IDLE || st == CONN_BUSY || st == CONN_REPLANNING;
+}
+
 static void
 conn_set_state(struct db_conn *c, enum conn_state st)
 {
@@ -745,12 +757,11 @@ conn_set_state(struct db_conn *c, enum conn_state st)
 	log_debug("event=db_conn slot=%d from=%s to=%s", c->slot,
 	    conn_state_names[c->state], conn_state_names[st]);
 	if (c->slot >= 0) {
-		bool was_up = c->state == CONN_IDLE || c->state == CONN_BUSY;
-		bool is_up = st == CONN_IDLE || st == CONN_BUSY;
+		bool was_up = conn_up(c->state), is_up = conn_up(st);
 
 		pool->stats.connected += (int)is_up - (int)was_up;
-		pool->stats.busy += (int)(st == CONN_BUSY) -
-		    (int)(c->state == CONN_BUSY);
+		pool->stats.busy += (int)(is_up && st != CONN_IDLE) -
+		    (int)(was_up && c->state != CONN_IDLE);
 	}
 	c->state = st;
 }
@@ -886,7 +897,7 @@ conn_lost(struct db_conn *c, const char *why)
 {
 	struct db_pool *pool = c->pool;
 	struct db_req *req = c->req;
-	bool was_up = c->state == CONN_IDLE || c->state == CONN_BUSY;
+	bool was_up = conn_up(c->state);
 	char msg[256];
 
 	snprintf(msg, sizeof(msg), "%s", why != NULL ? why : "");
@@ -941,6 +952,7 @@ conn_connected(struct db_conn *c)
 		log_info("event=db_connected slot=%d", c->slot);
 	c->failures = 0;
 	c->up_since = mono_ms();
+	c->planned_at = c->up_since;
 	conn_set_state(c, CONN_IDLE);
 	if (!conn_watch(c, EV_READ, true)) {
 		conn_lost(c, "no socket");
@@ -964,6 +976,8 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		conn_start(c);
 	else if (c->state == CONN_CONNECTING)
 		conn_lost(c, "connect timed out");
+	else if (c->state == CONN_REPLANNING)
+		conn_lost(c, "DISCARD PLANS timed out");
 }
 
 static void
@@ -1064,15 +1078,33 @@ conn_send(struct db_conn *c, struct db_req *req)
 	(void)conn_flush(c);
 }
 
+static bool
+conn_replan_due(const struct db_conn *c)
+{
+	int ms = c->pool->replan_interval_ms;
+
+	return ms > 0 && mono_ms() - c->planned_at >= ms;
+}
+
+/* An idle session that is due drops its plans first, and takes work when
+ * that is done (conn_release): one more round trip for one request of the
+ * interval. */
 static void
 pool_dispatch(struct db_pool *pool)
 {
 	while (!TAILQ_EMPTY(&pool->queue)) {
 		struct db_conn *idle = NULL;
 
-		for (int i = 0; i < pool->nconns && idle == NULL; i++)
-			if (pool->conns[i]->state == CONN_IDLE)
-				idle = pool->conns[i];
+		for (int i = 0; i < pool->nconns && idle == NULL; i++) {
+			struct db_conn *c = pool->conns[i];
+
+			if (c->state != CONN_IDLE)
+				continue;
+			if (conn_replan_due(c))
+				conn_replan(c);
+			else
+				idle = c;
+		}
 		if (idle == NULL)
 			return;
 		conn_send(idle, TAILQ_FIRST(&pool->queue));
@@ -1298,6 +1330,56 @@ listen_result(struct db_conn *c)
 	}
 }
 
+/*
+ * A session keeps the plans of its statements, those inside the ingest and
+ * dispatch functions included, until something invalidates them.  Writing
+ * rows does not; ANALYZE does, when autovacuum gets to it, and on a busy
+ * server its workers can be held by large tables for long.  Meanwhile a
+ * plan made while a table was a page or two (a whole-index read joined to
+ * the items, say) runs for every push of a storm that fills it.  So every
+ * replan_interval_s a session drops its plans (DISCARD PLANS; the session's
+ * other state stays) and plans each statement again at its next use, when
+ * PostgreSQL sizes the tables by their pages as they are then.
+ */
+static void
+conn_replan(struct db_conn *c)
+{
+	struct db_pool *pool = c->pool;
+
+	conn_set_state(c, CONN_REPLANNING);
+	if (PQsendQuery(c->pg, "DISCARD PLANS") != 1) {
+		conn_lost(c, PQerrorMessage(c->pg));
+		return;
+	}
+	evtimer_add(c->timer, pool->timeout_tv);
+	(void)conn_flush(c);
+}
+
+static void
+replan_result(struct db_conn *c)
+{
+	while (c->state == CONN_REPLANNING && !PQisBusy(c->pg)) {
+		PGresult *r = PQgetResult(c->pg);
+
+		if (r == NULL) {
+			evtimer_del(c->timer);
+			c->planned_at = mono_ms();
+			conn_release(c);
+			return;
+		}
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			char why[256];
+
+			snprintf(why, sizeof(why), "DISCARD PLANS failed: %s",
+			    PQresultErrorMessage(r));
+			PQclear(r);
+			conn_lost(c, why);
+			return;
+		}
+		PQclear(r);
+	}
+}
+
 static void
 conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -1324,6 +1406,8 @@ conn_io_cb(evutil_socket_t fd, short what, void *arg)
 			listen_result(c);
 		else
 			conn_read_results(c);
+	} else if (c->state == CONN_REPLANNING) {
+		replan_result(c);
 	}
 	drain_notifies(c);
 }
@@ -1563,7 +1647,8 @@ opts_valid(const struct db_pool_opts *o, const char **err)
 	if (o->pool_size < 1 || o->pool_size > 1024 ||
 	    o->query_timeout_ms < 1 || o->query_timeout_ms > 86400000 ||
 	    o->max_waiting < 0 || o->reconnect_max_ms < DB_BACKOFF_MIN_MS ||
-	    o->reconnect_max_ms > 3600000) {
+	    o->reconnect_max_ms > 3600000 || o->replan_interval_ms < 0 ||
+	    o->replan_interval_ms > 86400000) {
 		*err = "database pool option out of range";
 		return false;
 	}
@@ -1637,6 +1722,7 @@ db_pool_new(struct event_base *base, const struct db_pool_opts *opts,
 	pool->size = opts->pool_size;
 	pool->max_waiting = opts->max_waiting;
 	pool->reconnect_max_ms = opts->reconnect_max_ms;
+	pool->replan_interval_ms = opts->replan_interval_ms;
 	pool->rnd = (uint32_t)mono_ms() ^ (uint32_t)(uintptr_t)pool;
 	pool_set_timeout(pool, opts->query_timeout_ms);
 	TAILQ_INIT(&pool->queue);
@@ -1685,6 +1771,7 @@ db_pool_reconfigure(struct db_pool *pool, const struct db_pool_opts *opts)
 	}
 	pool->max_waiting = opts->max_waiting;
 	pool->reconnect_max_ms = opts->reconnect_max_ms;
+	pool->replan_interval_ms = opts->replan_interval_ms;
 	pool_set_timeout(pool, opts->query_timeout_ms);
 	pool->size = opts->pool_size;
 	pool->stats.size = pool->size;

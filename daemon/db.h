@@ -25,6 +25,8 @@ struct db_pool_opts {
 	int query_timeout_ms;
 	int max_waiting;
 	int reconnect_max_ms;
+	int replan_interval_ms;	/* a session drops its cached plans this
+				 * often (before its next request); 0 never */
 	const char *application_name;
 };
 

@@ -78,6 +78,7 @@ pool_opts(const struct cfg *cfg, struct db_pool_opts *o)
 	o->query_timeout_ms = cfg->query_timeout_ms;
 	o->max_waiting = cfg->max_waiting;
 	o->reconnect_max_ms = cfg->reconnect_max_ms;
+	o->replan_interval_ms = cfg->replan_interval_s * 1000;
 	/* Unique per process, the pid first so that the server's cut at 63
 	 * bytes keeps it: dispatch at commit finds the sending process's
 	 * settings by it. */

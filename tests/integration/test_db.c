@@ -742,6 +742,86 @@ test_reconfigure(const char *conninfo)
 	db_pool_free(pool);
 }
 
+/* The value replan_cached() returns on the pool's one session: planned
+ * with replan_knob_v() folded into a constant, as an immutable function
+ * is, so the answer changes only when the session plans again. */
+static int
+cached_knob(struct db_pool *pool)
+{
+	struct qres q;
+
+	if (!run_query(pool, &q, "SELECT replan_cached()", 0, NULL, 5000) ||
+	    q.st != DB_OK)
+		return -1;
+	return atoi(q.v[0]);
+}
+
+static bool
+set_knob(struct db_pool *pool, int v)
+{
+	struct qres q;
+	char buf[16];
+	const char *p[1] = { buf };
+
+	snprintf(buf, sizeof(buf), "%d", v);
+	return run_query(pool, &q, "UPDATE replan_knob SET v = $1", 1, p,
+	    5000) && q.st == DB_OK;
+}
+
+/* A session drops its cached plans every replan_interval_ms, and not
+ * before: writing a table invalidates no plan, so a plan made for a table
+ * as it was (nearly empty, say) would otherwise live as long as the
+ * session. */
+static void
+test_replan(const char *conninfo)
+{
+	struct db_pool_opts o = pool_opts(conninfo, 1, 2000, 8);
+	struct db_pool *pool;
+	struct db_stats st;
+	struct db_batch *b;
+	struct bres r;
+	int v;
+
+	o.replan_interval_ms = 0;
+	pool = new_pool(&o);
+	check(wait_connected(pool, 5000), "replan pool connects");
+	b = db_batch_new();
+	db_batch_add(b, "CREATE TABLE replan_knob (v integer)", 0, NULL);
+	db_batch_add(b, "INSERT INTO replan_knob VALUES (1)", 0, NULL);
+	db_batch_add(b, "CREATE FUNCTION replan_knob_v() RETURNS integer "
+	    "LANGUAGE sql IMMUTABLE AS 'SELECT v FROM replan_knob'", 0, NULL);
+	db_batch_add(b, "CREATE FUNCTION replan_cached() RETURNS integer "
+	    "LANGUAGE plpgsql AS $$ BEGIN RETURN replan_knob_v(); END $$", 0,
+	    NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_OK, "replan fixtures");
+	check((v = cached_knob(pool)) == 1, "first plan sees 1 (%d)", v);
+	check(set_knob(pool, 2), "knob set to 2");
+	run_until(NULL, 300);
+	check((v = cached_knob(pool)) == 1,
+	    "with replanning off the session keeps its plan (%d)", v);
+	db_pool_free(pool);
+
+	o.replan_interval_ms = 400;
+	pool = new_pool(&o);
+	check(wait_connected(pool, 5000), "second replan pool connects");
+	check((v = cached_knob(pool)) == 2, "a new session plans anew (%d)",
+	    v);
+	check(set_knob(pool, 3), "knob set to 3");
+	check((v = cached_knob(pool)) == 2,
+	    "within the interval the plan stays (%d)", v);
+	run_until(NULL, 600);
+	check((v = cached_knob(pool)) == 3,
+	    "after replan_interval_ms the session plans again (%d)", v);
+	check(set_knob(pool, 4) && (v = cached_knob(pool)) == 3,
+	    "and keeps that plan for the next interval (%d)", v);
+	db_pool_stats(pool, &st);
+	check(st.connected == 1 && st.busy == 0 && st.reconnects == 0,
+	    "replanning kept the session (connected=%d busy=%d "
+	    "reconnects=%llu)", st.connected, st.busy,
+	    (unsigned long long)st.reconnects);
+	db_pool_free(pool);
+}
+
 struct note {
 	int count;
 	bool done;
@@ -1357,6 +1437,7 @@ main(void)
 	test_timeout(ci);
 	test_batch_timeout(ci);
 	test_reconfigure(ci);
+	test_replan(ci);
 	test_listen(ci);
 	test_free_pending(ci);
 	check(reentrant_calls == 0,
