@@ -1364,6 +1364,7 @@ replan_result(struct db_conn *c)
 		if (r == NULL) {
 			evtimer_del(c->timer);
 			c->planned_at = mono_ms();
+			c->pool->stats.replans++;
 			conn_release(c);
 			return;
 		}

@@ -39,6 +39,7 @@ struct db_stats {
 	uint64_t errors;
 	uint64_t timeouts;
 	uint64_t reconnects;
+	uint64_t replans;	/* DISCARD PLANS done (replan_interval_ms) */
 };
 
 /* One statement's result; valid only inside the callback that receives it. */

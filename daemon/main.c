@@ -211,6 +211,11 @@ db_metrics(struct evbuffer *out)
 	    "Connections re-established after a loss.");
 	metrics_sample(out, "gridd_db_reconnects_total", NULL,
 	    (double)st.reconnects);
+	metrics_family(out, "gridd_db_replans_total", "counter",
+	    "Times a connection dropped its cached plans "
+	    "(replan_interval_s).");
+	metrics_sample(out, "gridd_db_replans_total", NULL,
+	    (double)st.replans);
 }
 
 static void

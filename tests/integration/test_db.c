@@ -815,10 +815,11 @@ test_replan(const char *conninfo)
 	check(set_knob(pool, 4) && (v = cached_knob(pool)) == 3,
 	    "and keeps that plan for the next interval (%d)", v);
 	db_pool_stats(pool, &st);
-	check(st.connected == 1 && st.busy == 0 && st.reconnects == 0,
-	    "replanning kept the session (connected=%d busy=%d "
-	    "reconnects=%llu)", st.connected, st.busy,
-	    (unsigned long long)st.reconnects);
+	check(st.connected == 1 && st.busy == 0 && st.reconnects == 0 &&
+	    st.replans == 1, "replanning kept the session (connected=%d "
+	    "busy=%d reconnects=%llu replans=%llu)", st.connected, st.busy,
+	    (unsigned long long)st.reconnects,
+	    (unsigned long long)st.replans);
 	db_pool_free(pool);
 }
 
