@@ -1301,33 +1301,45 @@ drain_notifies(struct db_conn *c)
 	}
 }
 
+/*
+ * Reads the results of a utility command the pool sent on its own (LISTEN,
+ * DISCARD PLANS): true once all came back fine.  false while more are due,
+ * or when one failed, and then the session is gone (conn_lost).
+ */
+static bool
+command_done(struct db_conn *c, const char *what)
+{
+	while (!PQisBusy(c->pg)) {
+		PGresult *r = PQgetResult(c->pg);
+		char why[256];
+
+		if (r == NULL)
+			return true;
+		if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+			PQclear(r);
+			continue;
+		}
+		snprintf(why, sizeof(why), "%s failed: %s", what,
+		    PQresultErrorMessage(r));
+		PQclear(r);
+		conn_lost(c, why);
+		return false;
+	}
+	return false;
+}
+
 static void
 listen_result(struct db_conn *c)
 {
 	struct db_pool *pool = c->pool;
 
-	while (c->listen_sent && !PQisBusy(c->pg)) {
-		PGresult *r = PQgetResult(c->pg);
-
-		if (r == NULL) {
-			for (int i = 0; i < c->listen_upto; i++)
-				pool->channels[i].listened = true;
-			c->listen_sent = false;
-			conn_set_state(c, CONN_IDLE);
-			listener_kick(pool);
-			return;
-		}
-		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			char why[256];
-
-			snprintf(why, sizeof(why), "LISTEN failed: %s",
-			    PQresultErrorMessage(r));
-			PQclear(r);
-			conn_lost(c, why);
-			return;
-		}
-		PQclear(r);
-	}
+	if (!c->listen_sent || !command_done(c, "LISTEN"))
+		return;
+	for (int i = 0; i < c->listen_upto; i++)
+		pool->channels[i].listened = true;
+	c->listen_sent = false;
+	conn_set_state(c, CONN_IDLE);
+	listener_kick(pool);
 }
 
 /*
@@ -1358,27 +1370,12 @@ conn_replan(struct db_conn *c)
 static void
 replan_result(struct db_conn *c)
 {
-	while (c->state == CONN_REPLANNING && !PQisBusy(c->pg)) {
-		PGresult *r = PQgetResult(c->pg);
-
-		if (r == NULL) {
-			evtimer_del(c->timer);
-			c->planned_at = mono_ms();
-			c->pool->stats.replans++;
-			conn_release(c);
-			return;
-		}
-		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			char why[256];
-
-			snprintf(why, sizeof(why), "DISCARD PLANS failed: %s",
-			    PQresultErrorMessage(r));
-			PQclear(r);
-			conn_lost(c, why);
-			return;
-		}
-		PQclear(r);
-	}
+	if (!command_done(c, "DISCARD PLANS"))
+		return;
+	evtimer_del(c->timer);
+	c->planned_at = mono_ms();
+	c->pool->stats.replans++;
+	conn_release(c);
 }
 
 static void
