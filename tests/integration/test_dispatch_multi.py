@@ -146,12 +146,22 @@ def test_sigkill_pending_offers_survive_restart():
     c1.close()
     g.kill()			# SIGKILL: nothing is flushed or said
     t_kill = time.monotonic()
+    # A statement it sent before dying still runs to its end in its
+    # backend (PostgreSQL notices the lost client only when it answers),
+    # and it may commit: a scan in flight there would offer the incident
+    # below to w1, unpushed, and the offer would expire while down. The
+    # daemon is down once its sessions are.
+    dc.wait_for(lambda: psql1(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+        "LIKE 'gridd %d %%'" % g.proc.pid, db) == "0",
+        timeout=10, what="the killed daemon's sessions to end")
 
     # While it is down: a new incident (its NOTIFY goes nowhere).
     i2 = dc.sql_incident(db, tag, 1)
     # Let the first offer's expiry pass while nobody runs.
     time.sleep(max(0.0, OFFER_TIMEOUT_S + 0.5 - (time.monotonic() - t_kill)))
     assert dc.assignments_of(db, i1) == [(w1, "offered", "primary_cell")]
+    assert dc.assignments_of(db, i2) == []
 
     g.start()
     c2 = dc.worker_client(cfg.addr, w2)
