@@ -227,9 +227,10 @@ static const struct key_def keys[] = {
 	    "into one transaction (group commit)"),
 	KC(P, "group_commit_parallel", CFG_T_INT, group_commit_parallel,
 	    "2", 1, 16, 0, "ingest transactions in flight at once (at most "
-	    "database.pool_size - 1); one starts beside the others only with "
-	    "pushes whose merges cannot meet theirs, and one source's pushes "
-	    "stay in order"),
+	    "database.pool_size - 1): a group commit's items go as one "
+	    "transaction per lane of task types, side by side, and a group "
+	    "starts beside others only with pushes whose merges cannot meet "
+	    "theirs; one source's pushes stay in order"),
 	KC(P, "push_queue_max_items", CFG_T_INT, push_queue_max_items,
 	    "200000", 1, 10000000, 0, "incidents waiting for a transaction; "
 	    "pushes beyond it are UNAVAILABLE"),

@@ -12,24 +12,35 @@
  * timers and notifies dispatch, set-based, for every request of the
  * transaction at once.
  *
- * Group commit.  At most group_commit_parallel ingest transactions per
- * process are in flight (two by default).  Requests that arrive meanwhile
- * wait in a FIFO; when a transaction can start, as many of them as fit in
- * group_commit_max_items go together, their items concatenated in request
- * order into one statement (BEGIN, the call, COMMIT): one round trip, one
- * plan and one WAL flush for all of them.  Items of a later request merge
- * into earlier requests' new incidents as within one request.
+ * Group commit.  Requests wait in a FIFO; when a group can start, as many
+ * of them as fit in group_commit_max_items go together, their items
+ * concatenated in request order: one round trip, one plan and one WAL
+ * flush for all of them.  Items of a later request merge into earlier
+ * requests' new incidents as within one request.
  *
- * Side by side only when they cannot wait for each other.  Transactions
+ * Lanes.  Items of two task types never merge, so they never take each
+ * other's merge locks either.  A group's items are therefore split by
+ * task type into lanes, at most group_commit_parallel of them (two by
+ * default), the task types with most items first, each to the lane with
+ * fewest so far: each lane is one statement in a transaction of its own
+ * (BEGIN, the call, COMMIT) on its own connection, and the lanes run side
+ * by side, on a core each, where one transaction would use one.  A
+ * request (its parts: one per task type) is answered when every lane that
+ * carries one of its parts has committed.  Departments that push the same
+ * task types all over the city gain as much as those that keep to their
+ * own.  The lanes of a group do contend for the departments' event
+ * sequence rows, but only from their last statement to their commit.
+ *
+ * Groups side by side only when they cannot wait for each other.  The
+ * lane transactions in flight are at most group_commit_parallel.  Groups
  * whose items may merge lock the same (task type, tile) in the SQL, and
  * the later one waits for the earlier one's commit: started beside it, it
  * would only hold a connection and split the group that should have gone
- * next.  So while transactions are in flight, a request whose merge tiles
- * (mergekeys.c) meet theirs waits for the next transaction, and so do the
+ * next.  So while groups are in flight, a request whose merge tiles
+ * (mergekeys.c) meet theirs waits for the next group, and so do the
  * requests behind it that meet its tiles, so that it is not overtaken
- * for ever.  Departments that push different task types, or in different
- * parts of the city, then use a core each; pushes that overlap go one
- * transaction after the other.
+ * for ever.  Pushes in different parts of the city may then go beside
+ * each other; pushes that overlap go one group after the other.
  *
  * One source's pushes are applied in the order they came: a request whose
  * source (a department, or a worker) has a transaction in flight waits
@@ -41,18 +52,21 @@
  * process or of others sharing the database, serialise their merges with
  * advisory locks per (task type, tile) taken in key order in the SQL.
  *
- * Durability point.  A request's reply is built only in the batch callback,
- * and db.c reports DB_OK there only after COMMIT succeeded, i.e. after
- * PostgreSQL flushed the WAL (synchronous_commit on).  Nothing is answered
- * from a transaction that might still roll back.  When the database fails
- * (connection lost, timeout) the batch may or may not have committed: the
- * requests get UNAVAILABLE, and a client that pushes again gets DUPLICATE
- * for whatever did commit, with the incident id of the first answer.
+ * Durability point.  A request's reply is built only once the batch
+ * callbacks of all its lanes have run, and db.c reports DB_OK there only
+ * after COMMIT succeeded, i.e. after PostgreSQL flushed the WAL
+ * (synchronous_commit on).  Nothing is answered from a transaction that
+ * might still roll back.  When the database fails (connection lost,
+ * timeout) a lane may or may not have committed, and another lane of the
+ * same request may have: the request gets UNAVAILABLE, and a client that
+ * pushes again gets DUPLICATE for whatever did commit, with the incident
+ * id of the first answer.
  *
- * When a statement of a group fails for its data, PostgreSQL aborts the
- * whole transaction; each request of the group is then retried alone, so
- * one bad request (or a deadlock with another process) costs the others a
- * retry, not an error.
+ * When a statement of a lane fails for its data, PostgreSQL aborts that
+ * lane's transaction; each request of the group with a part there is then
+ * retried alone with the parts still to do (those of lanes that committed
+ * are answered already), so one bad request (or a deadlock with another
+ * process) costs the others a retry, not an error.
  */
 #include "feed.h"
 
@@ -118,6 +132,9 @@ static const char feed_sql[] =
  * transaction in flight are passed over, but not without bound. */
 #define FEED_SCAN_MAX 1024
 
+/* Lanes of one group at most: group_commit_parallel's bound. */
+#define FEED_LANES_MAX 16
+
 /* Merge-tile keys of queued requests looked at for a transaction beside
  * those in flight: a backlog of large pushes costs each look at the queue
  * at most this much hashing. */
@@ -172,7 +189,26 @@ struct feed_res {
 	double lon, lat;
 	bool has_point;
 	int dup_of;		/* earlier item with the same ext_id, or -1 */
-	int sql_ord;		/* 1-based row in the statement, 0 = not sent */
+	int part;		/* the request's part that sends it */
+	int sql_ord;		/* 1-based row within its part, 0 = not sent */
+};
+
+/*
+ * A request's sent items of one task type; its first part also records
+ * the request's refusals (one of refusals only when nothing is sent).
+ * Items of two task types never merge, nor wait for each other's merge
+ * locks, so a transaction's parts go to the database as one statement
+ * per lane, each lane a transaction of its own on its own connection,
+ * side by side (group_lanes).
+ */
+struct feed_part {
+	char *tt;		/* task type; "" for refusals only */
+	size_t n_sql;		/* items sent */
+	size_t n_rej;		/* refusals recorded */
+	char *frag[FR_N];
+	int lane;		/* in the transaction under way */
+	size_t row0;		/* its first row in its lane's result */
+	bool done;		/* committed and its answers read */
 };
 
 struct feed_req {
@@ -186,11 +222,12 @@ struct feed_req {
 	size_t n;		/* items in the request: its weight in the
 				 * queue and in a group, since refusals are
 				 * recorded by the same statement */
-	size_t n_sql;		/* items sent to the SQL */
-	size_t n_rej;		/* refusals recorded by the SQL */
-	size_t row0;		/* its first row in the transaction's result */
+	size_t n_sql;		/* items sent to the SQL, in all its parts */
+	size_t n_rej;		/* refusals recorded (by its first part) */
+	struct feed_part *parts;
+	size_t nparts;
+	bool broken;		/* a committed part's answer was unreadable */
 	struct feed_res *res;
-	char *frag[FR_N];
 	int *slots;		/* open addressing: the sent items' ext_ids */
 	size_t nslots;
 	struct mergekeys keys;	/* the merge tiles its items will lock */
@@ -207,7 +244,17 @@ struct feed_group {
 	size_t weight;		/* the requests' n, against the cap */
 	int64_t started;
 	bool solo;		/* one request retried alone */
+	int pending;		/* lane transactions not answered yet */
+	enum db_status fail;	/* DB_OK, or how the first lane failed */
+	char sqlstate[6];	/* of the first lane refused by the server */
+	char *error;
 	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
+};
+
+/* One lane's transaction of a group: its batch callback's argument. */
+struct feed_lane {
+	struct feed_group *g;
+	int lane;
 };
 
 TAILQ_HEAD(feed_groups, feed_group);
@@ -215,12 +262,13 @@ TAILQ_HEAD(feed_groups, feed_group);
 static struct {
 	struct feed_queue queue;
 	size_t queued_items;
-	struct feed_groups inflight;	/* transactions not answered yet */
+	struct feed_groups inflight;	/* groups not answered yet */
 	struct mergekeys_set inflight_keys;	/* their merge tiles */
-	int ninflight;
-	int solo_inflight;		/* of them, retries of one request */
+	int ninflight;			/* their lane transactions */
+	int solo_inflight;		/* groups retrying one request */
 	uint64_t counts[FC_N];
 	uint64_t groups;
+	uint64_t lane_txns;		/* lane transactions sent */
 	uint64_t group_retries;
 	uint64_t tile_waits;	/* requests held back for merge tiles */
 	uint64_t busy;		/* pushes refused: queue full */
@@ -341,8 +389,12 @@ req_free(struct feed_req *r)
 		free(r->res[i].code);
 	}
 	free(r->res);
-	for (int i = 0; i < FR_N; i++)
-		free(r->frag[i]);
+	for (size_t p = 0; p < r->nparts; p++) {
+		free(r->parts[p].tt);
+		for (int i = 0; i < FR_N; i++)
+			free(r->parts[p].frag[i]);
+	}
+	free(r->parts);
 	free(r->slots);
 	mergekeys_free(&r->keys);
 	conn_release(r->c);
@@ -428,26 +480,26 @@ req_fail(struct feed_req *r, Gridd__V1__ErrorCode code, const char *msg)
 	    r->request_id, r->n, (int)code);
 }
 
-/* Reads the request's rows of the statement (from r->row0 on) back into
- * the items that were sent, then answers the repeats of an ext_id from
- * their first occurrence. */
+/* Reads part p's rows of its lane's statement (from its row0 on) back
+ * into the items it sent. */
 static bool
-req_apply(struct feed_req *r, const struct db_res *res)
+req_apply_part(struct feed_req *r, size_t p, const struct db_res *res)
 {
-	size_t k = r->row0;
+	const struct feed_part *pt = &r->parts[p];
+	size_t k = pt->row0;
 
 	if (db_res_status(res) != DB_OK || db_res_cols(res) != 5 ||
-	    (size_t)db_res_rows(res) < r->row0 + r->n_sql)
+	    (size_t)db_res_rows(res) < pt->row0 + pt->n_sql)
 		return false;
 	for (size_t i = 0; i < r->n; i++) {
 		struct feed_res *s = &r->res[i];
 		const char *outcome;
 		int64_t ord, inc;
 
-		if (s->sql_ord == 0)
+		if (s->sql_ord == 0 || s->part != (int)p)
 			continue;
 		if (!db_res_int64(res, (int)k, 0, &ord) ||
-		    ord != (int64_t)r->row0 + s->sql_ord)
+		    ord != (int64_t)pt->row0 + s->sql_ord)
 			return false;
 		outcome = db_res_get(res, (int)k, 1);
 		if (strcmp(outcome, "accepted") == 0 ||
@@ -493,6 +545,14 @@ req_apply(struct feed_req *r, const struct db_res *res)
 		}
 		k++;
 	}
+	return true;
+}
+
+/* Once every part is in: the repeats of an ext_id answer as their first
+ * occurrence did. */
+static void
+req_resolve_repeats(struct feed_req *r)
+{
 	for (size_t i = 0; i < r->n; i++) {
 		struct feed_res *s = &r->res[i];
 		const struct feed_res *first;
@@ -511,6 +571,24 @@ req_apply(struct feed_req *r, const struct db_res *res)
 		s->incident_id = first->incident_id;
 		s->cell_id = first->cell_id ? xstrdup(first->cell_id) : NULL;
 	}
+}
+
+/* Whether a lane committed some of r's parts (another did not). */
+static bool
+req_partly_done(const struct feed_req *r)
+{
+	for (size_t p = 0; p < r->nparts; p++)
+		if (r->parts[p].done)
+			return true;
+	return false;
+}
+
+static bool
+req_complete(const struct feed_req *r)
+{
+	for (size_t p = 0; p < r->nparts; p++)
+		if (!r->parts[p].done)
+			return false;
 	return true;
 }
 
@@ -520,21 +598,102 @@ static void
 group_free(struct feed_group *g)
 {
 	free(g->reqs);
+	free(g->error);
 	free(g);
 }
 
+/*
+ * Every lane of g has answered.  A request whose parts all committed is
+ * answered (a lane that failed held none of its parts); the others are
+ * retried alone with the parts still to do, at the head of the queue in
+ * their order, when the server refused a statement for one request's sake
+ * or for a conflict, and fail otherwise: a lane that died with its
+ * connection may or may not have committed, and a push again reads
+ * DUPLICATE for what did.
+ */
 static void
-group_cb(void *arg, enum db_status st, const struct db_res *const *results,
-    int n)
+group_finish(struct feed_group *g)
 {
-	struct feed_group *g = arg;
-	const char *sqlstate = "", *err = "";
+	bool retry;
 
 	TAILQ_REMOVE(&fq.inflight, g, entry);
-	fq.ninflight--;
 	if (g->solo)
 		fq.solo_inflight--;
 	inflight_keys_rebuild();
+	if (g->fail != DB_OK)
+		fq.db_failures++;
+	retry = g->fail != DB_OK && g->sqlstate[0] != '\0' && (g->n > 1 ||
+	    ((strncmp(g->sqlstate, "40", 2) == 0 ||
+	    strcmp(g->sqlstate, "23505") == 0) &&
+	    g->reqs[0]->retries < FEED_CONFLICT_RETRIES));
+	if (retry) {
+		log_warn("event=push_group outcome=retry requests=%zu "
+		    "sqlstate=%s", g->n, g->sqlstate);
+		fq.group_retries++;
+	}
+	for (size_t i = 0; i < g->n; i++) {
+		struct feed_req *r = g->reqs[i];
+
+		if (req_complete(r)) {
+			if (r->broken) {
+				/* Committed, but the answer is unreadable:
+				 * a push again reads DUPLICATE. */
+				log_error("event=push source=%s outcome=error "
+				    "reason=\"unexpected result shape\"",
+				    r->source);
+				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+				    "internal error; push again to read the "
+				    "stored answers");
+			} else {
+				req_resolve_repeats(r);
+				req_answer(r);
+			}
+		} else if (retry) {
+			continue;
+		} else if (g->sqlstate[0] != '\0') {
+			log_error("event=push source=%s outcome=error "
+			    "sqlstate=%s error=\"%s\"", r->source, g->sqlstate,
+			    g->error != NULL ? g->error : "");
+			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+			    req_partly_done(r) ? "internal error: part of the "
+			    "batch was stored; push it again (stored items "
+			    "answer DUPLICATE)" : "internal error: the batch "
+			    "was not stored");
+		} else {
+			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable: the batch may not be "
+			    "stored; push again (stored items answer "
+			    "DUPLICATE)");
+		}
+		req_free(r);
+		g->reqs[i] = NULL;
+	}
+	for (size_t i = g->n; i-- > 0;) {
+		struct feed_req *r = g->reqs[i];
+
+		if (r == NULL)
+			continue;
+		if (g->n == 1)
+			r->retries++;
+		r->solo = true;
+		TAILQ_INSERT_HEAD(&fq.queue, r, entry);
+		fq.queued_items += r->n;
+	}
+	group_free(g);
+}
+
+/* One lane's transaction answered: its parts' answers are read now (the
+ * results live only in this call), the group's end waits for the rest. */
+static void
+lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
+    int n)
+{
+	struct feed_lane *fl = arg;
+	struct feed_group *g = fl->g;
+	int lane = fl->lane;
+
+	free(fl);
+	fq.ninflight--;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
 	if (st == DB_OK && n == 1) {
 		int64_t gv;
@@ -548,70 +707,30 @@ group_cb(void *arg, enum db_status st, const struct db_res *const *results,
 		for (size_t i = 0; i < g->n; i++) {
 			struct feed_req *r = g->reqs[i];
 
-			if (req_apply(r, results[0])) {
-				req_answer(r);
-			} else {
-				/* Committed, but the answer is unreadable:
-				 * a push again reads DUPLICATE. */
-				log_error("event=push source=%s outcome=error "
-				    "reason=\"unexpected result shape\"",
-				    r->source);
-				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-				    "internal error; push again to read the "
-				    "stored answers");
-			}
-			req_free(r);
-		}
-		group_free(g);
-		feed_flush();
-		return;
-	}
-	for (int i = 0; i < n; i++)
-		if (results[i] != NULL &&
-		    db_res_status(results[i]) == DB_SQL_ERROR) {
-			sqlstate = db_res_sqlstate(results[i]);
-			err = db_res_error(results[i]);
-			break;
-		}
-	fq.db_failures++;
-	if (st != DB_OK && sqlstate[0] != '\0' && (g->n > 1 ||
-	    ((strncmp(sqlstate, "40", 2) == 0 ||
-	    strcmp(sqlstate, "23505") == 0) &&
-	    g->reqs[0]->retries < FEED_CONFLICT_RETRIES))) {
-		/* Rolled back for one request's sake (or a deadlock): each
-		 * goes again alone, at the head, in the same order. */
-		log_warn("event=push_group outcome=retry requests=%zu "
-		    "sqlstate=%s", g->n, sqlstate);
-		fq.group_retries++;
-		for (size_t i = g->n; i-- > 0;) {
-			if (g->n == 1)
-				g->reqs[i]->retries++;
-			g->reqs[i]->solo = true;
-			TAILQ_INSERT_HEAD(&fq.queue, g->reqs[i], entry);
-			fq.queued_items += g->reqs[i]->n;
-		}
-		group_free(g);
-		feed_flush();
-		return;
-	}
-	for (size_t i = 0; i < g->n; i++) {
-		struct feed_req *r = g->reqs[i];
+			for (size_t p = 0; p < r->nparts; p++) {
+				struct feed_part *pt = &r->parts[p];
 
-		if (sqlstate[0] != '\0') {
-			log_error("event=push source=%s outcome=error "
-			    "sqlstate=%s error=\"%s\"", r->source, sqlstate,
-			    err);
-			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-			    "internal error: the batch was not stored");
-		} else {
-			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-			    "database unavailable: the batch may not be "
-			    "stored; push again (stored items answer "
-			    "DUPLICATE)");
+				if (pt->done || pt->lane != lane)
+					continue;
+				if (!req_apply_part(r, p, results[0]))
+					r->broken = true;
+				pt->done = true;
+			}
 		}
-		req_free(r);
+	} else if (g->fail == DB_OK) {
+		g->fail = st != DB_OK ? st : DB_SQL_ERROR;
+		for (int i = 0; i < n; i++)
+			if (results[i] != NULL &&
+			    db_res_status(results[i]) == DB_SQL_ERROR) {
+				snprintf(g->sqlstate, sizeof(g->sqlstate),
+				    "%s", db_res_sqlstate(results[i]));
+				g->error = xstrdup(db_res_error(results[i]));
+				break;
+			}
 	}
-	group_free(g);
+	if (--g->pending > 0)
+		return;
+	group_finish(g);
 	feed_flush();
 }
 
@@ -664,10 +783,12 @@ frag_append(struct sbuf *dst, const char *frag)
 	sb_puts(dst, frag + 1);
 }
 
-/* The one statement of a transaction: every request's items in order,
- * their points located with the process's index. */
+/* The one statement of a lane's transaction: the lane's parts of every
+ * request, in request order (and a request's parts in the order of their
+ * first item), the points located with the process's index.  Sets each
+ * part's row0. */
 static void
-group_statement(const struct feed_group *g, struct db_batch *b)
+group_statement(const struct feed_group *g, int lane, struct db_batch *b)
 {
 	static const int to_fg[FR_N] = {
 		FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER, FG_ROUTE, FG_SLA,
@@ -678,6 +799,7 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 	struct sbuf a[FG_N];
 	const char *params[FG_N];
 	const struct locate_index *ix;
+	size_t rows = 0;
 	int64_t gv;
 	char radius[64], window[32], gridv[32];
 
@@ -686,30 +808,38 @@ group_statement(const struct feed_group *g, struct db_batch *b)
 		sb_putc(&a[k], '{');
 	ix = cellcache_current(&gv);
 	for (size_t j = 0; j < g->n; j++) {
-		const struct feed_req *r = g->reqs[j];
+		struct feed_req *r = g->reqs[j];
 		const char *kind = r->from_worker ? "worker" : "department";
 
-		for (int k = 0; k < FR_N; k++)
-			frag_append(&a[to_fg[k]], r->frag[k]);
-		for (size_t i = 0; i < r->n_sql; i++) {
-			sb_elem_str(&a[FG_KIND], kind);
-			sb_elem_str(&a[FG_SOURCE], r->source);
-		}
-		for (size_t i = 0; i < r->n_rej; i++) {
-			sb_elem_str(&a[FG_REJ_KIND], kind);
-			sb_elem_str(&a[FG_REJ_SOURCE], r->source);
-		}
-		for (size_t i = 0; i < r->n; i++) {
-			const struct feed_res *s = &r->res[i];
-			const char *comm = NULL, *cell = NULL;
+		for (size_t p = 0; p < r->nparts; p++) {
+			struct feed_part *pt = &r->parts[p];
 
-			if (s->sql_ord == 0)
+			if (pt->done || pt->lane != lane)
 				continue;
-			if (ix != NULL && s->has_point)
-				(void)locate_index_find(ix, s->lon, s->lat,
-				    &comm, &cell);
-			sb_elem_str(&a[FG_COMM], comm);
-			sb_elem_str(&a[FG_CELL], cell);
+			pt->row0 = rows;
+			rows += pt->n_sql;
+			for (int k = 0; k < FR_N; k++)
+				frag_append(&a[to_fg[k]], pt->frag[k]);
+			for (size_t i = 0; i < pt->n_sql; i++) {
+				sb_elem_str(&a[FG_KIND], kind);
+				sb_elem_str(&a[FG_SOURCE], r->source);
+			}
+			for (size_t i = 0; i < pt->n_rej; i++) {
+				sb_elem_str(&a[FG_REJ_KIND], kind);
+				sb_elem_str(&a[FG_REJ_SOURCE], r->source);
+			}
+			for (size_t i = 0; i < r->n; i++) {
+				const struct feed_res *s = &r->res[i];
+				const char *comm = NULL, *cell = NULL;
+
+				if (s->sql_ord == 0 || s->part != (int)p)
+					continue;
+				if (ix != NULL && s->has_point)
+					(void)locate_index_find(ix, s->lon,
+					    s->lat, &comm, &cell);
+				sb_elem_str(&a[FG_COMM], comm);
+				sb_elem_str(&a[FG_CELL], cell);
+			}
 		}
 	}
 	snprintf(radius, sizeof(radius), "%.17g", gridd.cfg->merge_radius_m);
@@ -776,6 +906,108 @@ srcset_find(struct srcset *set, const struct feed_req *r, bool add)
 	}
 }
 
+/* A task type's items in a group, for the choice of lanes. */
+struct lane_load {
+	const char *tt;
+	size_t items;
+	int lane;
+};
+
+static int
+load_cmp(const void *a, const void *b)
+{
+	const struct lane_load *x = a, *y = b;
+
+	if (x->items != y->items)
+		return x->items > y->items ? -1 : 1;
+	return strcmp(x->tt, y->tt);
+}
+
+/* The entry of tt in t (open addressing over ix: 0 empty, else index + 1),
+ * added with no items when new. */
+static struct lane_load *
+load_find(struct lane_load *t, size_t *nt, size_t *ix, size_t mask,
+    const char *tt)
+{
+	size_t i;
+
+	for (i = fnv1a32(tt) & mask; ix[i] != 0; i = (i + 1) & mask)
+		if (strcmp(t[ix[i] - 1].tt, tt) == 0)
+			return &t[ix[i] - 1];
+	t[*nt].tt = tt;
+	t[*nt].items = 0;
+	t[*nt].lane = 0;
+	ix[i] = ++*nt;
+	return &t[*nt - 1];
+}
+
+/*
+ * Shares g's parts still to do among at most max_lanes lanes by task type:
+ * the types with most items first, each to the lane with fewest items so
+ * far, since the lanes' transactions run side by side and the group ends
+ * with the slowest.  Sets each part's lane; returns the number of lanes
+ * (0 only when nothing is left to do).
+ */
+static int
+group_lanes(struct feed_group *g, int max_lanes)
+{
+	size_t nparts = 0, nt = 0, slots = 16, loads[FEED_LANES_MAX] = { 0 };
+	struct lane_load *t;
+	size_t *ix;
+	int lanes;
+
+	if (max_lanes < 1)
+		max_lanes = 1;
+	if (max_lanes > FEED_LANES_MAX)
+		max_lanes = FEED_LANES_MAX;
+	for (size_t j = 0; j < g->n; j++)
+		nparts += g->reqs[j]->nparts;
+	while (slots < 2 * nparts)
+		slots *= 2;
+	t = xcalloc(nparts ? nparts : 1, sizeof(*t));
+	ix = xcalloc(slots, sizeof(*ix));
+	for (size_t j = 0; j < g->n; j++)
+		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
+			const struct feed_part *pt = &g->reqs[j]->parts[p];
+
+			if (!pt->done)
+				load_find(t, &nt, ix, slots - 1, pt->tt)->items +=
+				    pt->n_sql + pt->n_rej;
+		}
+	qsort(t, nt, sizeof(*t), load_cmp);
+	lanes = nt < (size_t)max_lanes ? (int)nt : max_lanes;
+	for (size_t k = 0; k < nt; k++) {
+		int best = 0;
+
+		for (int l = 1; l < lanes; l++)
+			if (loads[l] < loads[best])
+				best = l;
+		t[k].lane = best;
+		loads[best] += t[k].items;
+	}
+	/* Sorted: index them again, then hand each part its lane. */
+	memset(ix, 0, slots * sizeof(*ix));
+	for (size_t k = 0, n = 0; k < nt; k++) {
+		size_t i;
+
+		for (i = fnv1a32(t[k].tt) & (slots - 1); ix[i] != 0;
+		    i = (i + 1) & (slots - 1))
+			;
+		ix[i] = ++n;
+	}
+	for (size_t j = 0; j < g->n; j++)
+		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
+			struct feed_part *pt = &g->reqs[j]->parts[p];
+
+			if (!pt->done)
+				pt->lane = load_find(t, &nt, ix, slots - 1,
+				    pt->tt)->lane;
+		}
+	free(ix);
+	free(t);
+	return lanes;
+}
+
 /*
  * Starts one transaction; false when nothing could start.  Pushes of one
  * source are applied in the order they came: a request waits while its
@@ -800,6 +1032,7 @@ feed_start(void)
 	struct mergekeys_set reserved;	/* tiles of requests held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0, keys_seen = 0;
+	int lanes;
 
 	r = TAILQ_FIRST(&fq.queue);
 	if (r == NULL || fq.solo_inflight > 0 ||
@@ -811,7 +1044,6 @@ feed_start(void)
 		fq.queued_items -= r->n;
 		g->reqs = xmalloc(sizeof(*g->reqs));
 		g->reqs[g->n++] = r;
-		r->row0 = 0;
 		g->items = r->n_sql;
 		g->weight = r->n;
 		g->solo = true;
@@ -862,7 +1094,6 @@ feed_start(void)
 			g->reqs = xreallocarray(g->reqs, g->n + 1,
 			    sizeof(*g->reqs));
 			g->reqs[g->n++] = r;
-			r->row0 = g->items;
 			g->items += r->n_sql;
 			g->weight += r->n;
 		}
@@ -873,28 +1104,38 @@ feed_start(void)
 			return false;
 		}
 	}
-	b = db_batch_new();
-	group_statement(g, b);
+	lanes = group_lanes(g, max_inflight() - fq.ninflight);
 	g->started = mono_ms();
+	g->pending = lanes;
 	fq.groups++;
 	size_observe(&fq.group_reqs, (double)g->n);
 	size_observe(&fq.group_items, (double)g->items);
-	if (gridd.db == NULL || !db_batch_submit(gridd.db, b, group_cb, g)) {
-		for (size_t i = 0; i < g->n; i++) {
-			req_fail(g->reqs[i], GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-			    "database unavailable");
-			req_free(g->reqs[i]);
-		}
-		group_free(g);
-		/* Answered: the next requests may try. */
-		return true;
-	}
 	TAILQ_INSERT_TAIL(&fq.inflight, g, entry);
-	fq.ninflight++;
 	for (size_t i = 0; i < g->n; i++)
 		mergekeys_set_add(&fq.inflight_keys, &g->reqs[i]->keys);
 	if (g->solo)
 		fq.solo_inflight++;
+	for (int lane = 0; lane < lanes; lane++) {
+		struct feed_lane *fl = xmalloc(sizeof(*fl));
+
+		b = db_batch_new();
+		group_statement(g, lane, b);
+		fl->g = g;
+		fl->lane = lane;
+		if (gridd.db == NULL ||
+		    !db_batch_submit(gridd.db, b, lane_cb, fl)) {
+			free(fl);
+			if (g->fail == DB_OK)
+				g->fail = DB_UNAVAILABLE;
+			g->pending--;
+			continue;
+		}
+		fq.ninflight++;
+		fq.lane_txns++;
+	}
+	/* Refused at once: answered, and the next requests may try. */
+	if (g->pending == 0)
+		group_finish(g);
 	return true;
 }
 
@@ -912,6 +1153,40 @@ feed_flush(void)
 struct arrays {
 	struct sbuf a[FR_N];
 };
+
+static void arrays_open(struct arrays *);
+
+/* The arrays that record refusals; the others carry sent items. */
+static bool
+fr_refusal(int k)
+{
+	return k == FR_REJ_EXT || k == FR_REJ_CAT || k == FR_REJ_TT ||
+	    k == FR_REJ_REASON || k == FR_REJ_COMM || k == FR_REJ_LON ||
+	    k == FR_REJ_LAT;
+}
+
+/* The part of r that sends items of task type tt, added when it is the
+ * first; ar and tts grow along with r->parts while the request is built. */
+static size_t
+req_part(struct feed_req *r, struct arrays **ar,
+    const struct cfg_task_type ***tts, const struct cfg_task_type *tt)
+{
+	size_t p;
+
+	for (p = 0; p < r->nparts; p++)
+		if ((*tts)[p] == tt)
+			return p;
+	r->parts = xreallocarray(r->parts, p + 1, sizeof(*r->parts));
+	*ar = xreallocarray(*ar, p + 1, sizeof(**ar));
+	*tts = xreallocarray(*tts, p + 1, sizeof(**tts));
+	memset(&r->parts[p], 0, sizeof(r->parts[p]));
+	r->parts[p].tt = xstrdup(tt != NULL ? tt->name : "");
+	memset(&(*ar)[p], 0, sizeof((*ar)[p]));
+	arrays_open(&(*ar)[p]);
+	(*tts)[p] = tt;
+	r->nparts++;
+	return p;
+}
 
 static void
 arrays_open(struct arrays *ar)
@@ -974,7 +1249,8 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 	const struct cfg_department *dept = NULL;
 	struct triage_limits lim;
 	struct feed_req *r;
-	struct arrays ar;
+	struct arrays rej, *par = NULL;
+	const struct cfg_task_type **ptt = NULL;
 	int64_t now = now_ms();
 	char num[64];
 
@@ -1013,8 +1289,8 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		r->nslots *= 2;
 	r->slots = xmalloc(r->nslots * sizeof(*r->slots));
 	memset(r->slots, 0xff, r->nslots * sizeof(*r->slots));
-	memset(&ar, 0, sizeof(ar));
-	arrays_open(&ar);
+	memset(&rej, 0, sizeof(rej));
+	arrays_open(&rej);
 
 	for (size_t i = 0; i < n; i++) {
 		const Gridd__V1__IncidentIn *in = items[i];
@@ -1023,6 +1299,8 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		struct triage_decision d;
 		char msg[TRIAGE_MSG_MAX];
 		const char *ext_ok, *cat_ok;
+		struct sbuf *a;
+		size_t pi;
 
 		s->dup_of = -1;
 		s->ext_id = clean_copy(in->ext_id, TRIAGE_EXT_ID_MAX);
@@ -1033,7 +1311,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		    TRIAGE_FROM_DEPARTMENT, &lim, now, &it, msg, sizeof(msg))) {
 			res_reject(s, GRIDD__V1__ERROR_CODE__BAD_REQUEST,
 			    FC_REJ_INVALID, "%s", msg);
-			record_refusal(r, &ar, ext_ok, cat_ok, NULL, NULL,
+			record_refusal(r, &rej, ext_ok, cat_ok, NULL, NULL,
 			    TRIAGE_INVALID);
 			continue;
 		}
@@ -1051,7 +1329,7 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			    FC_REJ_NEGATIVE_LIST :
 			    d.refusal == TRIAGE_NO_OWNER ? FC_REJ_INVALID :
 			    FC_REJ_UNKNOWN_CATEGORY, "%s", d.message);
-			record_refusal(r, &ar, ext_ok, cat_ok, s->task_type,
+			record_refusal(r, &rej, ext_ok, cat_ok, s->task_type,
 			    &it, d.refusal);
 			continue;
 		}
@@ -1059,7 +1337,11 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		s->dup_of = req_ext_find(r, s->ext_id, (int)i);
 		if (s->dup_of >= 0)
 			continue;
-		s->sql_ord = (int)++r->n_sql;
+		pi = req_part(r, &par, &ptt, d.task_type);
+		a = par[pi].a;
+		s->part = (int)pi;
+		s->sql_ord = (int)++r->parts[pi].n_sql;
+		r->n_sql++;
 		s->has_point = it.has_point;
 		s->lon = it.lon;
 		s->lat = it.lat;
@@ -1080,38 +1362,56 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			s->code = xstrdup(it.dept_code != NULL ? it.dept_code :
 			    it.building_id);
 
-		sb_elem_str(&ar.a[FR_EXT], it.ext_id);
-		sb_elem_str(&ar.a[FR_CAT], it.category);
-		sb_elem_str(&ar.a[FR_TT], d.task_type->name);
-		sb_elem_str(&ar.a[FR_LIST], cfg_list_name(d.task_type->list));
-		sb_elem_str(&ar.a[FR_MATTER],
+		sb_elem_str(&a[FR_EXT], it.ext_id);
+		sb_elem_str(&a[FR_CAT], it.category);
+		sb_elem_str(&a[FR_TT], d.task_type->name);
+		sb_elem_str(&a[FR_LIST], cfg_list_name(d.task_type->list));
+		sb_elem_str(&a[FR_MATTER],
 		    cfg_matter_name(d.task_type->matter));
-		sb_elem_str(&ar.a[FR_ROUTE], cfg_route_name(d.task_type->route));
+		sb_elem_str(&a[FR_ROUTE], cfg_route_name(d.task_type->route));
 		snprintf(num, sizeof(num), "%d",
 		    d.sla ? d.task_type->sla_minutes : 0);
-		sb_elem_str(&ar.a[FR_SLA], num);
-		sb_elem_str(&ar.a[FR_NOTE], d.note);
+		sb_elem_str(&a[FR_SLA], num);
+		sb_elem_str(&a[FR_NOTE], d.note);
 		snprintf(num, sizeof(num), "%d", it.severity);
-		sb_elem_str(&ar.a[FR_SEV], num);
+		sb_elem_str(&a[FR_SEV], num);
 		snprintf(num, sizeof(num), "%" PRId64, it.occurred_at);
-		sb_elem_str(&ar.a[FR_OCC], num);
+		sb_elem_str(&a[FR_OCC], num);
 		if (it.has_point) {
 			snprintf(num, sizeof(num), "%.17g", it.lon);
-			sb_elem_str(&ar.a[FR_LON], num);
+			sb_elem_str(&a[FR_LON], num);
 			snprintf(num, sizeof(num), "%.17g", it.lat);
-			sb_elem_str(&ar.a[FR_LAT], num);
+			sb_elem_str(&a[FR_LAT], num);
 		} else {
-			sb_elem_str(&ar.a[FR_LON], NULL);
-			sb_elem_str(&ar.a[FR_LAT], NULL);
+			sb_elem_str(&a[FR_LON], NULL);
+			sb_elem_str(&a[FR_LAT], NULL);
 		}
-		sb_elem_str(&ar.a[FR_CODE], it.dept_code);
-		sb_elem_str(&ar.a[FR_BLDG], it.building_id);
-		sb_elem_str(&ar.a[FR_ADDR], it.address);
-		sb_elem_str(&ar.a[FR_DESC], it.description);
-		sb_elem_str(&ar.a[FR_OWNER], d.owner);
+		sb_elem_str(&a[FR_CODE], it.dept_code);
+		sb_elem_str(&a[FR_BLDG], it.building_id);
+		sb_elem_str(&a[FR_ADDR], it.address);
+		sb_elem_str(&a[FR_DESC], it.description);
+		sb_elem_str(&a[FR_OWNER], d.owner);
 	}
-	for (int i = 0; i < FR_N; i++)
-		r->frag[i] = ar.a[i].p;
+	/* Refusals go with the first part; a request of refusals only has
+	 * one part for them. */
+	if (r->nparts == 0 && r->n_rej > 0)
+		(void)req_part(r, &par, &ptt, NULL);
+	for (size_t p = 0; p < r->nparts; p++)
+		for (int k = 0; k < FR_N; k++) {
+			if (!fr_refusal(k)) {
+				r->parts[p].frag[k] = par[p].a[k].p;
+				continue;
+			}
+			free(par[p].a[k].p);
+			r->parts[p].frag[k] = p == 0 ? rej.a[k].p : NULL;
+		}
+	if (r->nparts > 0)
+		r->parts[0].n_rej = r->n_rej;
+	for (int k = 0; k < FR_N; k++)
+		if (!fr_refusal(k) || r->nparts == 0)
+			free(rej.a[k].p);
+	free(par);
+	free(ptt);
 	mergekeys_finish(&r->keys);
 	size_observe(&fq.batch_items, (double)n);
 
@@ -1214,6 +1514,12 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Ingest transactions sent and not answered yet.");
 	metrics_sample(out, "gridd_push_transactions_in_flight", NULL,
 	    (double)fq.ninflight);
+	metrics_family(out, "gridd_push_lane_transactions_total", "counter",
+	    "Ingest transactions sent: a group commit's items go as one "
+	    "transaction per lane, a lane's task types apart from the "
+	    "others'.");
+	metrics_sample(out, "gridd_push_lane_transactions_total", NULL,
+	    (double)fq.lane_txns);
 	metrics_family(out, "gridd_push_group_retries_total", "counter",
 	    "Ingest transactions rolled back and retried request by request.");
 	metrics_sample(out, "gridd_push_group_retries_total", NULL,

@@ -310,6 +310,101 @@ def test_items_of_one_batch_merge_with_each_other():
     c.close()
 
 
+def test_a_push_of_two_task_types_goes_as_two_transactions():
+    """Items of two task types can neither merge nor wait for each other's
+    merge locks: a push's items go to the database as one transaction per
+    task type (lane), side by side. The reply is still one, in order, sent
+    once both have committed; items merge and repeat across the split as
+    within one statement, and the push's refusal is recorded once."""
+    c, _ = dept_client("civil")
+    lon, lat = spot(12, 3)
+    lanes0 = metric(_cfg.http_port, "gridd_push_lane_transactions_total")
+    groups0 = metric(_cfg.http_port, "gridd_push_group_requests_count")
+    res = push(c, [
+        item("ln-1", "MZ01", lon, lat),                 # elderly visit
+        item("ln-2", "MZ03", lon, lat),                 # neighbour dispute
+        item("ln-3", "MZ01", lon + 10 * M_LON, lat),    # joins ln-1
+        item("ln-2", "MZ01", lon, lat),                 # repeats ln-2
+        item("ln-4", "MZ03", lon, lat + 10 * M_LAT),    # joins ln-2
+        item("ln-5", "MZ09", lon, lat),                 # negative list
+    ])
+    assert [r.ext_id for r in res] == ["ln-1", "ln-2", "ln-3", "ln-2",
+                                       "ln-4", "ln-5"], res
+    assert_outcome(res[0], "ACCEPTED")
+    assert_outcome(res[1], "ACCEPTED")
+    assert res[0].incident_id != res[1].incident_id
+    assert_outcome(res[2], "MERGED")
+    assert res[2].incident_id == res[0].incident_id
+    assert_outcome(res[3], "DUPLICATE")
+    assert res[3].incident_id == res[1].incident_id
+    assert_outcome(res[4], "MERGED")
+    assert res[4].incident_id == res[1].incident_id
+    assert_outcome(res[5], "REJECTED", "REJECTED_NEGATIVE_LIST")
+    assert metric(_cfg.http_port, "gridd_push_group_requests_count") == \
+        groups0 + 1
+    assert metric(_cfg.http_port, "gridd_push_lane_transactions_total") == \
+        lanes0 + 2
+    assert sql1("SELECT count(*) FROM incident_sources WHERE source_id ="
+                " 'civil' AND ext_id LIKE 'ln-%'") == "4"
+    assert sql1("SELECT count(*) FROM rejections WHERE source_id ="
+                " 'civil' AND ext_id = 'ln-5'") == "1"
+    # Pushed again whole: every item answers as its first answer did.
+    again = push(c, [item("ln-1", "MZ01", lon, lat),
+                     item("ln-2", "MZ03", lon, lat),
+                     item("ln-4", "MZ03", lon, lat + 10 * M_LAT)])
+    for r, first in zip(again, (res[0], res[1], res[4])):
+        assert_outcome(r, "DUPLICATE")
+        assert r.incident_id == first.incident_id
+    c.close()
+
+
+def test_a_lane_that_fails_leaves_the_other_lanes_answers():
+    """One lane of a push fails while the other commits. A conflict
+    (serialisation failure) is retried with the parts still to do, so the
+    committed items answer as they were stored, not DUPLICATE; a statement
+    the server refuses for its data fails the push, and the message says
+    that part of it was stored."""
+    c, _ = dept_client("civil")
+    lon, lat = spot(13, 6)
+    sql("CREATE SEQUENCE lane_fail_seq;"
+        " CREATE FUNCTION lane_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN"
+        "  IF NEW.ext_id LIKE 'lf-flaky-%' AND nextval('lane_fail_seq') = 1"
+        "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
+        "  IF NEW.ext_id LIKE 'lf-bad-%' THEN"
+        "   RAISE EXCEPTION 'lane test: bad item'; END IF;"
+        "  RETURN NEW;"
+        " END $$;"
+        " CREATE TRIGGER lane_fail BEFORE INSERT ON incident_sources"
+        " FOR EACH ROW EXECUTE FUNCTION lane_fail();")
+    try:
+        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
+        res = push(c, [item("lf-flaky-1", "MZ01", lon, lat),
+                       item("lf-ok-1", "MZ03", lon, lat)])
+        assert_outcome(res[0], "ACCEPTED")
+        assert_outcome(res[1], "ACCEPTED")
+        assert metric(_cfg.http_port,
+                      "gridd_push_group_retries_total") == retries0 + 1
+        assert sql1("SELECT nextval('lane_fail_seq')") == "3", \
+            "the flaky lane did not go again"
+        rep = c.request("push_incidents", incidents=[
+            item("lf-bad-1", "MZ01", lon + 0.002, lat),
+            item("lf-ok-2", "MZ03", lon + 0.002, lat)], timeout=30)
+        err = expect_error(rep, "INTERNAL")
+        assert "part of the batch was stored" in err.message, err
+    finally:
+        sql("DROP TRIGGER lane_fail ON incident_sources;"
+            " DROP FUNCTION lane_fail(); DROP SEQUENCE lane_fail_seq;")
+    assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
+                " ('lf-flaky-1', 'lf-ok-1', 'lf-ok-2')") == "3"
+    # Pushed again: what was stored answers DUPLICATE with its incident.
+    again = push(c, [item("lf-bad-1", "MZ01", lon + 0.002, lat),
+                     item("lf-ok-2", "MZ03", lon + 0.002, lat)])
+    assert_outcome(again[0], "ACCEPTED")
+    assert_outcome(again[1], "DUPLICATE")
+    c.close()
+
+
 # ---- triage and events ----------------------------------------------------------
 
 def first_event(incident_id, dept="civil"):
