@@ -11,7 +11,8 @@
  * no connection is idle.  pool_dispatch() then hands the head of the queue to
  * an idle connection, which sends it without blocking (PQsendQueryParams,
  * then PQflush until it returns 0, waiting for EV_WRITE in between) and
- * becomes BUSY.  Results are read as the socket becomes readable
+ * becomes BUSY; one whose replan_interval_ms is up first sends DISCARD
+ * PLANS (REPLANNING) and takes work when that is answered.  Results are read as the socket becomes readable
  * (PQconsumeInput, PQisBusy, PQgetResult).  A batch goes out in pipeline
  * mode as BEGIN, its statements, COMMIT and one sync; when a statement fails
  * the server skips the rest, and a ROLLBACK ends the aborted transaction
@@ -952,7 +953,14 @@ conn_connected(struct db_conn *c)
 		log_info("event=db_connected slot=%d", c->slot);
 	c->failures = 0;
 	c->up_since = mono_ms();
+	/* Up to a quarter of the interval early, so that the sessions of a
+	 * pool that connected together do not all replan at once. */
 	c->planned_at = c->up_since;
+	if (pool->replan_interval_ms >= 4) {
+		pool->rnd = pool->rnd * 1103515245u + 12345u;
+		c->planned_at -= (int64_t)((pool->rnd >> 8) %
+		    (uint32_t)(pool->replan_interval_ms / 4));
+	}
 	conn_set_state(c, CONN_IDLE);
 	if (!conn_watch(c, EV_READ, true)) {
 		conn_lost(c, "no socket");

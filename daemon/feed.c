@@ -15,8 +15,8 @@
  * Group commit.  Requests wait in a FIFO; when a group can start, as many
  * of them as fit in group_commit_max_items go together, their items
  * concatenated in request order: one round trip, one plan and one WAL
- * flush for all of them.  Items of a later request merge into earlier
- * requests' new incidents as within one request.
+ * flush per lane (below) for all of them.  Items of a later request merge
+ * into earlier requests' new incidents as within one request.
  *
  * Lanes.  Items of two task types never merge, so they never take each
  * other's merge locks either.  A group's items are therefore split by
@@ -43,14 +43,20 @@
  * each other; pushes that overlap go one group after the other.
  *
  * One source's pushes are applied in the order they came: a request whose
- * source (a department, or a worker) has a transaction in flight waits
- * for it, and so do the source's later requests; other sources' requests
- * may pass it.  Two requests of a source that share an ext_id never go
- * together either (the later one reads DUPLICATE in the next
- * transaction), so every key of a call is distinct and no two
- * transactions race for one key.  Concurrent transactions, of this
- * process or of others sharing the database, serialise their merges with
- * advisory locks per (task type, tile) taken in key order in the SQL.
+ * source (a department, or a worker) has a group in flight waits for it,
+ * and so do the source's later requests; other sources' requests may
+ * pass it.  Two requests of a source that share an ext_id never go
+ * together either (the later one reads DUPLICATE in the next group), so
+ * every key of a call is distinct and no two transactions race for one
+ * key.  Concurrent transactions, of this process or of others sharing the
+ * database, serialise their merges with advisory locks per (task type,
+ * tile) taken in key order in the SQL.  Within a group the lanes number
+ * their events as each reaches the departments' sequence rows (near its
+ * end), so a source's events follow its pushes' order within a task type,
+ * not across the task types of one group; the wire contract promises
+ * only that a subscriber reads them in sequence order.  Lanes that both
+ * offer new incidents to workers pass over a worker the other holds
+ * (SKIP LOCKED in the choice), and push_offer_max counts per lane.
  *
  * Durability point.  A request's reply is built only once the batch
  * callbacks of all its lanes have run, and db.c reports DB_OK there only
@@ -240,15 +246,23 @@ TAILQ_HEAD(feed_queue, feed_req);
 struct feed_group {
 	struct feed_req **reqs;
 	size_t n;
-	size_t items;		/* result rows: the requests' n_sql */
+	size_t items;		/* items sent, all lanes together */
 	size_t weight;		/* the requests' n, against the cap */
 	int64_t started;
 	bool solo;		/* one request retried alone */
 	int pending;		/* lane transactions not answered yet */
-	enum db_status fail;	/* DB_OK, or how the first lane failed */
-	char sqlstate[6];	/* of the first lane refused by the server */
-	char *error;
+	struct lane_end *ends;	/* how each lane ended, when it failed */
 	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
+};
+
+/* How a lane's transaction failed.  Refused by the server (a sqlstate):
+ * nothing of it was stored.  Otherwise (connection lost, timeout, never
+ * sent) it may have committed, and only the client can safely push
+ * again. */
+struct lane_end {
+	bool failed;
+	char sqlstate[6];	/* "" when the server gave none */
+	char *error;
 };
 
 /* One lane's transaction of a group: its batch callback's argument. */
@@ -583,6 +597,18 @@ req_partly_done(const struct feed_req *r)
 	return false;
 }
 
+/* Items r still sends: those of its parts not stored yet. */
+static size_t
+req_items_to_do(const struct feed_req *r)
+{
+	size_t n = 0;
+
+	for (size_t p = 0; p < r->nparts; p++)
+		if (!r->parts[p].done)
+			n += r->parts[p].n_sql;
+	return n;
+}
+
 static bool
 req_complete(const struct feed_req *r)
 {
@@ -597,9 +623,65 @@ req_complete(const struct feed_req *r)
 static void
 group_free(struct feed_group *g)
 {
+	for (int l = 0; l < FEED_LANES_MAX; l++)
+		free(g->ends[l].error);
+	free(g->ends);
 	free(g->reqs);
-	free(g->error);
 	free(g);
+}
+
+/* The server going away or out of resources (connection exception,
+ * insufficient resources, operator intervention such as a shutdown or a
+ * cancel, system error): not the statement's fault, and the client is
+ * told UNAVAILABLE. */
+static bool
+sqlstate_operational(const char *sqlstate)
+{
+	return strncmp(sqlstate, "08", 2) == 0 ||
+	    strncmp(sqlstate, "53", 2) == 0 ||
+	    strncmp(sqlstate, "57", 2) == 0 ||
+	    strncmp(sqlstate, "58", 2) == 0;
+}
+
+/* A conflict with another transaction: the same push may well go
+ * through when tried again. */
+static bool
+sqlstate_conflict(const char *sqlstate)
+{
+	return strncmp(sqlstate, "40", 2) == 0 || strcmp(sqlstate, "23505") == 0;
+}
+
+/* What becomes of r, whose parts in failed lanes were not stored. */
+enum req_fate {
+	FATE_RETRY,		/* refused by the server: again, alone */
+	FATE_INTERNAL,		/* refused for its own data, alone already */
+	FATE_UNAVAILABLE,	/* a lane's outcome is unknown */
+};
+
+static enum req_fate
+req_fate(const struct feed_group *g, const struct feed_req *r,
+    const struct lane_end **why)
+{
+	bool conflict = true;
+
+	*why = NULL;
+	for (size_t p = 0; p < r->nparts; p++) {
+		const struct lane_end *e = &g->ends[r->parts[p].lane];
+
+		if (r->parts[p].done)
+			continue;
+		if (e->sqlstate[0] == '\0')
+			return FATE_UNAVAILABLE;
+		if (*why == NULL)
+			*why = e;
+		conflict = conflict && sqlstate_conflict(e->sqlstate);
+	}
+	/* Several requests share a refused statement: each goes again
+	 * alone, so that one bad request costs the others a retry, not an
+	 * error.  Alone already, only a conflict is worth another go. */
+	if (g->n > 1 || (conflict && r->retries < FEED_CONFLICT_RETRIES))
+		return FATE_RETRY;
+	return FATE_INTERNAL;
 }
 
 /*
@@ -614,25 +696,15 @@ group_free(struct feed_group *g)
 static void
 group_finish(struct feed_group *g)
 {
-	bool retry;
+	bool retrying = false;
 
 	TAILQ_REMOVE(&fq.inflight, g, entry);
 	if (g->solo)
 		fq.solo_inflight--;
 	inflight_keys_rebuild();
-	if (g->fail != DB_OK)
-		fq.db_failures++;
-	retry = g->fail != DB_OK && g->sqlstate[0] != '\0' && (g->n > 1 ||
-	    ((strncmp(g->sqlstate, "40", 2) == 0 ||
-	    strcmp(g->sqlstate, "23505") == 0) &&
-	    g->reqs[0]->retries < FEED_CONFLICT_RETRIES));
-	if (retry) {
-		log_warn("event=push_group outcome=retry requests=%zu "
-		    "sqlstate=%s", g->n, g->sqlstate);
-		fq.group_retries++;
-	}
 	for (size_t i = 0; i < g->n; i++) {
 		struct feed_req *r = g->reqs[i];
+		const struct lane_end *why;
 
 		if (req_complete(r)) {
 			if (r->broken) {
@@ -648,26 +720,41 @@ group_finish(struct feed_group *g)
 				req_resolve_repeats(r);
 				req_answer(r);
 			}
-		} else if (retry) {
-			continue;
-		} else if (g->sqlstate[0] != '\0') {
-			log_error("event=push source=%s outcome=error "
-			    "sqlstate=%s error=\"%s\"", r->source, g->sqlstate,
-			    g->error != NULL ? g->error : "");
-			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-			    req_partly_done(r) ? "internal error: part of the "
-			    "batch was stored; push it again (stored items "
-			    "answer DUPLICATE)" : "internal error: the batch "
-			    "was not stored");
 		} else {
-			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-			    "database unavailable: the batch may not be "
-			    "stored; push again (stored items answer "
-			    "DUPLICATE)");
+			switch (req_fate(g, r, &why)) {
+			case FATE_RETRY:
+				if (!retrying)
+					log_warn("event=push_group "
+					    "outcome=retry requests=%zu "
+					    "sqlstate=%s", g->n, why->sqlstate);
+				retrying = true;
+				continue;
+			case FATE_INTERNAL:
+				log_error("event=push source=%s outcome=error "
+				    "sqlstate=%s error=\"%s\"", r->source,
+				    why->sqlstate, why->error != NULL ?
+				    why->error : "");
+				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+				    req_partly_done(r) ? "internal error: "
+				    "part of the batch was stored; push it "
+				    "again (stored items answer DUPLICATE)" :
+				    "internal error: the batch was not "
+				    "stored");
+				break;
+			case FATE_UNAVAILABLE:
+				req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+				    "database unavailable: the batch may not "
+				    "be stored; push again (stored items "
+				    "answer DUPLICATE)");
+				break;
+			}
 		}
 		req_free(r);
 		g->reqs[i] = NULL;
 	}
+	if (retrying)
+		fq.group_retries++;
+	/* At the head, in their order, with the parts still to do. */
 	for (size_t i = g->n; i-- > 0;) {
 		struct feed_req *r = g->reqs[i];
 
@@ -717,20 +804,30 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				pt->done = true;
 			}
 		}
-	} else if (g->fail == DB_OK) {
-		g->fail = st != DB_OK ? st : DB_SQL_ERROR;
-		for (int i = 0; i < n; i++)
+	} else {
+		struct lane_end *e = &g->ends[lane];
+
+		fq.db_failures++;
+		e->failed = true;
+		/* Refused by the server only if it said why, for the
+		 * statement's sake, and the connection lived on: then nothing
+		 * of the lane was stored, and the request may go again. */
+		for (int i = 0; st != DB_UNAVAILABLE && st != DB_TIMEOUT &&
+		    i < n; i++)
 			if (results[i] != NULL &&
-			    db_res_status(results[i]) == DB_SQL_ERROR) {
-				snprintf(g->sqlstate, sizeof(g->sqlstate),
+			    db_res_status(results[i]) == DB_SQL_ERROR &&
+			    !sqlstate_operational(db_res_sqlstate(
+			    results[i]))) {
+				snprintf(e->sqlstate, sizeof(e->sqlstate),
 				    "%s", db_res_sqlstate(results[i]));
-				g->error = xstrdup(db_res_error(results[i]));
+				e->error = xstrdup(db_res_error(results[i]));
 				break;
 			}
 	}
-	if (--g->pending > 0)
-		return;
-	group_finish(g);
+	if (--g->pending == 0)
+		group_finish(g);
+	/* A lane's connection is free even while the group's others run;
+	 * the group's sources and tiles stay held until it is answered. */
 	feed_flush();
 }
 
@@ -945,8 +1042,9 @@ load_find(struct lane_load *t, size_t *nt, size_t *ix, size_t mask,
  * Shares g's parts still to do among at most max_lanes lanes by task type:
  * the types with most items first, each to the lane with fewest items so
  * far, since the lanes' transactions run side by side and the group ends
- * with the slowest.  Sets each part's lane; returns the number of lanes
- * (0 only when nothing is left to do).
+ * with the slowest.  A part of refusals only has no task type and takes
+ * no lane of its own: it goes with the lightest.  Sets each part's lane;
+ * returns the number of lanes (0 only when nothing is left to do).
  */
 static int
 group_lanes(struct feed_group *g, int max_lanes)
@@ -954,7 +1052,8 @@ group_lanes(struct feed_group *g, int max_lanes)
 	size_t nparts = 0, nt = 0, slots = 16, loads[FEED_LANES_MAX] = { 0 };
 	struct lane_load *t;
 	size_t *ix;
-	int lanes;
+	int lanes, lightest = 0;
+	bool any = false;
 
 	if (max_lanes < 1)
 		max_lanes = 1;
@@ -970,12 +1069,22 @@ group_lanes(struct feed_group *g, int max_lanes)
 		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
 			const struct feed_part *pt = &g->reqs[j]->parts[p];
 
-			if (!pt->done)
+			if (pt->done)
+				continue;
+			any = true;
+			if (pt->tt[0] != '\0')
 				load_find(t, &nt, ix, slots - 1, pt->tt)->items +=
 				    pt->n_sql + pt->n_rej;
 		}
+	if (!any) {
+		free(ix);
+		free(t);
+		return 0;
+	}
 	qsort(t, nt, sizeof(*t), load_cmp);
 	lanes = nt < (size_t)max_lanes ? (int)nt : max_lanes;
+	if (lanes < 1)
+		lanes = 1;
 	for (size_t k = 0; k < nt; k++) {
 		int best = 0;
 
@@ -985,6 +1094,9 @@ group_lanes(struct feed_group *g, int max_lanes)
 		t[k].lane = best;
 		loads[best] += t[k].items;
 	}
+	for (int l = 1; l < lanes; l++)
+		if (loads[l] < loads[lightest])
+			lightest = l;
 	/* Sorted: index them again, then hand each part its lane. */
 	memset(ix, 0, slots * sizeof(*ix));
 	for (size_t k = 0, n = 0; k < nt; k++) {
@@ -999,9 +1111,10 @@ group_lanes(struct feed_group *g, int max_lanes)
 		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
 			struct feed_part *pt = &g->reqs[j]->parts[p];
 
-			if (!pt->done)
-				pt->lane = load_find(t, &nt, ix, slots - 1,
-				    pt->tt)->lane;
+			if (pt->done)
+				continue;
+			pt->lane = pt->tt[0] == '\0' ? lightest :
+			    load_find(t, &nt, ix, slots - 1, pt->tt)->lane;
 		}
 	free(ix);
 	free(t);
@@ -1009,18 +1122,18 @@ group_lanes(struct feed_group *g, int max_lanes)
 }
 
 /*
- * Starts one transaction; false when nothing could start.  Pushes of one
- * source are applied in the order they came: a request waits while its
- * source has a transaction in flight, or an earlier request of its source
- * waits (so merges and event numbers follow the source's own order, and
- * no two transactions race for one (source, ext_id)).  Requests of other
- * sources behind it may go, up to FEED_SCAN_MAX looked at.  While
- * transactions are in flight, a request whose merge tiles meet theirs
- * waits too, its source behind it, and its tiles are kept for it against
- * the requests behind it (up to FEED_SCAN_KEYS_MAX keys looked at).  A
- * request retried alone after its group failed runs with nothing beside
- * it, so that whatever it meets (a conflict with another process) is its
- * own.
+ * Starts one group (its lane transactions); false when nothing could
+ * start.  Pushes of one source are applied in the order they came: a
+ * request waits while its source has a group in flight, or an earlier
+ * request of its source waits (so merges follow the source's own order,
+ * and no two transactions race for one (source, ext_id)).  Requests of
+ * other sources behind it may go, up to FEED_SCAN_MAX looked at.  While
+ * groups are in flight, a request whose merge tiles meet theirs waits too,
+ * its source behind it, and its tiles are kept for it against the requests
+ * behind it (up to FEED_SCAN_KEYS_MAX keys looked at).  A request retried
+ * alone after its group failed runs with no other request beside it (its
+ * own lanes side by side), so that whatever it meets (a conflict with
+ * another process) is its own.
  */
 static bool
 feed_start(void)
@@ -1039,12 +1152,13 @@ feed_start(void)
 	    (r->solo && fq.ninflight > 0))
 		return false;
 	g = xcalloc(1, sizeof(*g));
+	g->ends = xcalloc(FEED_LANES_MAX, sizeof(*g->ends));
 	if (r->solo) {
 		TAILQ_REMOVE(&fq.queue, r, entry);
 		fq.queued_items -= r->n;
 		g->reqs = xmalloc(sizeof(*g->reqs));
 		g->reqs[g->n++] = r;
-		g->items = r->n_sql;
+		g->items = req_items_to_do(r);
 		g->weight = r->n;
 		g->solo = true;
 	} else {
@@ -1094,7 +1208,7 @@ feed_start(void)
 			g->reqs = xreallocarray(g->reqs, g->n + 1,
 			    sizeof(*g->reqs));
 			g->reqs[g->n++] = r;
-			g->items += r->n_sql;
+			g->items += req_items_to_do(r);
 			g->weight += r->n;
 		}
 		free(blocked.v);
@@ -1116,17 +1230,24 @@ feed_start(void)
 	if (g->solo)
 		fq.solo_inflight++;
 	for (int lane = 0; lane < lanes; lane++) {
-		struct feed_lane *fl = xmalloc(sizeof(*fl));
+		struct feed_lane *fl;
 
+		if (gridd.db == NULL) {
+			g->ends[lane].failed = true;
+			fq.db_failures++;
+			g->pending--;
+			continue;
+		}
 		b = db_batch_new();
 		group_statement(g, lane, b);
+		fl = xmalloc(sizeof(*fl));
 		fl->g = g;
 		fl->lane = lane;
-		if (gridd.db == NULL ||
-		    !db_batch_submit(gridd.db, b, lane_cb, fl)) {
+		if (!db_batch_submit(gridd.db, b, lane_cb, fl)) {
+			/* Never sent: no sqlstate, so answered UNAVAILABLE. */
 			free(fl);
-			if (g->fail == DB_OK)
-				g->fail = DB_UNAVAILABLE;
+			g->ends[lane].failed = true;
+			fq.db_failures++;
 			g->pending--;
 			continue;
 		}
@@ -1500,7 +1621,7 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Requests combined into one ingest transaction (group commit).");
 	size_hist_write(out, "gridd_push_group_requests", &fq.group_reqs);
 	metrics_family(out, "gridd_push_group_items", "histogram",
-	    "Incidents per ingest transaction.");
+	    "Incidents per group commit (its lane transactions together).");
 	size_hist_write(out, "gridd_push_group_items", &fq.group_items);
 	metrics_family(out, "gridd_push_commit_seconds", "histogram",
 	    "Ingest transaction time from submission to commit.");

@@ -363,7 +363,9 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
     (serialisation failure) is retried with the parts still to do, so the
     committed items answer as they were stored, not DUPLICATE; a statement
     the server refuses for its data fails the push, and the message says
-    that part of it was stored."""
+    that part of it was stored. A lane whose connection dies may have
+    committed: its push is answered UNAVAILABLE and nothing of it is sent
+    again, whatever the other lane met."""
     c, _ = dept_client("civil")
     lon, lat = spot(13, 6)
     sql("CREATE SEQUENCE lane_fail_seq;"
@@ -373,6 +375,10 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
         "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
         "  IF NEW.ext_id LIKE 'lf-bad-%' THEN"
         "   RAISE EXCEPTION 'lane test: bad item'; END IF;"
+        "  IF NEW.ext_id LIKE 'lf-conflict-%' THEN"
+        "   RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
+        "  IF NEW.ext_id LIKE 'lf-die-%' THEN"
+        "   PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
         "  RETURN NEW;"
         " END $$;"
         " CREATE TRIGGER lane_fail BEFORE INSERT ON incident_sources"
@@ -392,11 +398,20 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
             item("lf-ok-2", "MZ03", lon + 0.002, lat)], timeout=30)
         err = expect_error(rep, "INTERNAL")
         assert "part of the batch was stored" in err.message, err
+        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
+        rep = c.request("push_incidents", incidents=[
+            item("lf-conflict-1", "MZ01", lon + 0.004, lat),
+            item("lf-die-1", "MZ03", lon + 0.004, lat)], timeout=30)
+        expect_error(rep, "UNAVAILABLE")
+        assert metric(_cfg.http_port,
+                      "gridd_push_group_retries_total") == retries0
     finally:
         sql("DROP TRIGGER lane_fail ON incident_sources;"
             " DROP FUNCTION lane_fail(); DROP SEQUENCE lane_fail_seq;")
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
                 " ('lf-flaky-1', 'lf-ok-1', 'lf-ok-2')") == "3"
+    assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id LIKE"
+                " 'lf-conflict-%' OR ext_id LIKE 'lf-die-%'") == "0"
     # Pushed again: what was stored answers DUPLICATE with its incident.
     again = push(c, [item("lf-bad-1", "MZ01", lon + 0.002, lat),
                      item("lf-ok-2", "MZ03", lon + 0.002, lat)])
