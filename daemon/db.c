@@ -12,11 +12,12 @@
  * an idle connection, which sends it without blocking (PQsendQueryParams,
  * then PQflush until it returns 0, waiting for EV_WRITE in between) and
  * becomes BUSY; one whose replan_interval_ms is up first sends DISCARD
- * PLANS (REPLANNING) and takes work when that is answered.  Results are read as the socket becomes readable
- * (PQconsumeInput, PQisBusy, PQgetResult).  A batch goes out in pipeline
- * mode as BEGIN, its statements, COMMIT and one sync; when a statement fails
- * the server skips the rest, and a ROLLBACK ends the aborted transaction
- * before the connection is reused.
+ * PLANS (REPLANNING) and takes work when that is answered.  Results are
+ * read as the socket becomes readable (PQconsumeInput, PQisBusy,
+ * PQgetResult).  A batch goes out in pipeline mode as BEGIN, its
+ * statements, COMMIT and one sync; when a statement fails the server skips
+ * the rest, and a ROLLBACK ends the aborted transaction before the
+ * connection is reused.
  *
  * However a request ends (result, SQL error, timer expiry, lost connection,
  * pool freed) it goes through req_finish(), which moves it to the done list

@@ -251,7 +251,7 @@ struct feed_group {
 	int64_t started;
 	bool solo;		/* one request retried alone */
 	int pending;		/* lane transactions not answered yet */
-	struct lane_end *ends;	/* how each lane ended, when it failed */
+	struct lane_end *ends;	/* why each lane failed, if it did */
 	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
 };
 
@@ -260,7 +260,6 @@ struct feed_group {
  * sent) it may have committed, and only the client can safely push
  * again. */
 struct lane_end {
-	bool failed;
 	char sqlstate[6];	/* "" when the server gave none */
 	char *error;
 };
@@ -808,7 +807,6 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 		struct lane_end *e = &g->ends[lane];
 
 		fq.db_failures++;
-		e->failed = true;
 		/* Refused by the server only if it said why, for the
 		 * statement's sake, and the connection lived on: then nothing
 		 * of the lane was stored, and the request may go again. */
@@ -1013,7 +1011,8 @@ struct lane_load {
 static int
 load_cmp(const void *a, const void *b)
 {
-	const struct lane_load *x = a, *y = b;
+	const struct lane_load *x = *(struct lane_load *const *)a;
+	const struct lane_load *y = *(struct lane_load *const *)b;
 
 	if (x->items != y->items)
 		return x->items > y->items ? -1 : 1;
@@ -1050,7 +1049,7 @@ static int
 group_lanes(struct feed_group *g, int max_lanes)
 {
 	size_t nparts = 0, nt = 0, slots = 16, loads[FEED_LANES_MAX] = { 0 };
-	struct lane_load *t;
+	struct lane_load *t, **by;
 	size_t *ix;
 	int lanes, lightest = 0;
 	bool any = false;
@@ -1081,7 +1080,11 @@ group_lanes(struct feed_group *g, int max_lanes)
 		free(t);
 		return 0;
 	}
-	qsort(t, nt, sizeof(*t), load_cmp);
+	/* Sorted by reference, so that ix still finds each type in t. */
+	by = xcalloc(nt ? nt : 1, sizeof(*by));
+	for (size_t k = 0; k < nt; k++)
+		by[k] = &t[k];
+	qsort(by, nt, sizeof(*by), load_cmp);
 	lanes = nt < (size_t)max_lanes ? (int)nt : max_lanes;
 	if (lanes < 1)
 		lanes = 1;
@@ -1091,22 +1094,13 @@ group_lanes(struct feed_group *g, int max_lanes)
 		for (int l = 1; l < lanes; l++)
 			if (loads[l] < loads[best])
 				best = l;
-		t[k].lane = best;
-		loads[best] += t[k].items;
+		by[k]->lane = best;
+		loads[best] += by[k]->items;
 	}
+	free(by);
 	for (int l = 1; l < lanes; l++)
 		if (loads[l] < loads[lightest])
 			lightest = l;
-	/* Sorted: index them again, then hand each part its lane. */
-	memset(ix, 0, slots * sizeof(*ix));
-	for (size_t k = 0, n = 0; k < nt; k++) {
-		size_t i;
-
-		for (i = fnv1a32(t[k].tt) & (slots - 1); ix[i] != 0;
-		    i = (i + 1) & (slots - 1))
-			;
-		ix[i] = ++n;
-	}
 	for (size_t j = 0; j < g->n; j++)
 		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
 			struct feed_part *pt = &g->reqs[j]->parts[p];
@@ -1233,7 +1227,6 @@ feed_start(void)
 		struct feed_lane *fl;
 
 		if (gridd.db == NULL) {
-			g->ends[lane].failed = true;
 			fq.db_failures++;
 			g->pending--;
 			continue;
@@ -1246,7 +1239,6 @@ feed_start(void)
 		if (!db_batch_submit(gridd.db, b, lane_cb, fl)) {
 			/* Never sent: no sqlstate, so answered UNAVAILABLE. */
 			free(fl);
-			g->ends[lane].failed = true;
 			fq.db_failures++;
 			g->pending--;
 			continue;
