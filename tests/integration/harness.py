@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -81,22 +82,27 @@ def tmppath(name):
 # ---- generated protobuf code ----------------------------------------------
 
 _pb = None
+# Tests that push from threads reach proto() first from several at once:
+# without the lock each ran protoc, rewriting gridd_pb2.py while another
+# thread imported it ("module 'gridd_pb2' has no attribute 'Role'").
+_pb_lock = threading.Lock()
 
 
 def proto():
     """The gridd_pb2 module, generated once per process."""
     global _pb
-    if _pb is None:
-        out = os.path.join(tmpdir(), "pb")
-        os.makedirs(out, exist_ok=True)
-        subprocess.run(
-            ["protoc", "--python_out=" + out,
-             "-I", os.path.join(SOURCE_DIR, "proto"),
-             os.path.join(SOURCE_DIR, "proto", "gridd.proto")],
-            check=True)
-        sys.path.insert(0, out)
-        _pb = importlib.import_module("gridd_pb2")
-    return _pb
+    with _pb_lock:
+        if _pb is None:
+            out = os.path.join(tmpdir(), "pb")
+            os.makedirs(out, exist_ok=True)
+            subprocess.run(
+                ["protoc", "--python_out=" + out,
+                 "-I", os.path.join(SOURCE_DIR, "proto"),
+                 os.path.join(SOURCE_DIR, "proto", "gridd.proto")],
+                check=True)
+            sys.path.insert(0, out)
+            _pb = importlib.import_module("gridd_pb2")
+        return _pb
 
 
 class _LazyProto:
