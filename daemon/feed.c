@@ -684,86 +684,87 @@ req_fate(const struct feed_group *g, const struct feed_req *r,
 }
 
 /*
- * Every lane of g has answered.  A request whose parts all committed is
- * answered (a lane that failed held none of its parts); the others are
- * retried alone with the parts still to do, at the head of the queue in
- * their order, when the server refused a statement for one request's sake
- * or for a conflict, and fail otherwise: a lane that died with its
- * connection may or may not have committed, and a push again reads
- * DUPLICATE for what did.
+ * Every lane of g has answered: its sources and tiles are free again, and
+ * its requests that go again alone (below) are put back at the head of
+ * the queue, in their order, with the parts still to do.  The others stay
+ * in g for group_answer, which the caller runs after it has started the
+ * next group: building and sending a group's replies takes the loop a
+ * while, and the lanes would wait for it with nothing to do.
  */
 static void
-group_finish(struct feed_group *g)
+group_release(struct feed_group *g)
 {
+	const struct lane_end *why;
 	bool retrying = false;
 
 	TAILQ_REMOVE(&fq.inflight, g, entry);
 	if (g->solo)
 		fq.solo_inflight--;
 	inflight_keys_rebuild();
-	for (size_t i = 0; i < g->n; i++) {
-		struct feed_req *r = g->reqs[i];
-		const struct lane_end *why;
-
-		if (req_complete(r)) {
-			if (r->broken) {
-				/* Committed, but the answer is unreadable:
-				 * a push again reads DUPLICATE. */
-				log_error("event=push source=%s outcome=error "
-				    "reason=\"unexpected result shape\"",
-				    r->source);
-				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-				    "internal error; push again to read the "
-				    "stored answers");
-			} else {
-				req_resolve_repeats(r);
-				req_answer(r);
-			}
-		} else {
-			switch (req_fate(g, r, &why)) {
-			case FATE_RETRY:
-				if (!retrying)
-					log_warn("event=push_group "
-					    "outcome=retry requests=%zu "
-					    "sqlstate=%s", g->n, why->sqlstate);
-				retrying = true;
-				continue;
-			case FATE_INTERNAL:
-				log_error("event=push source=%s outcome=error "
-				    "sqlstate=%s error=\"%s\"", r->source,
-				    why->sqlstate, why->error != NULL ?
-				    why->error : "");
-				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-				    req_partly_done(r) ? "internal error: "
-				    "part of the batch was stored; push it "
-				    "again (stored items answer DUPLICATE)" :
-				    "internal error: the batch was not "
-				    "stored");
-				break;
-			case FATE_UNAVAILABLE:
-				req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-				    "database unavailable: the batch may not "
-				    "be stored; push again (stored items "
-				    "answer DUPLICATE)");
-				break;
-			}
-		}
-		req_free(r);
-		g->reqs[i] = NULL;
-	}
-	if (retrying)
-		fq.group_retries++;
-	/* At the head, in their order, with the parts still to do. */
 	for (size_t i = g->n; i-- > 0;) {
 		struct feed_req *r = g->reqs[i];
 
-		if (r == NULL)
+		if (req_complete(r) || req_fate(g, r, &why) != FATE_RETRY)
 			continue;
+		if (!retrying)
+			log_warn("event=push_group outcome=retry requests=%zu "
+			    "sqlstate=%s", g->n, why->sqlstate);
+		retrying = true;
 		if (g->n == 1)
 			r->retries++;
 		r->solo = true;
 		TAILQ_INSERT_HEAD(&fq.queue, r, entry);
 		fq.queued_items += r->n;
+		g->reqs[i] = NULL;
+	}
+	if (retrying)
+		fq.group_retries++;
+}
+
+/*
+ * The rest of g's requests, after group_release.  A request whose parts
+ * all committed is answered (a lane that failed held none of its parts);
+ * the others fail: a lane that died with its connection may or may not
+ * have committed, and a push again reads DUPLICATE for what did.
+ */
+static void
+group_answer(struct feed_group *g)
+{
+	const struct lane_end *why;
+
+	for (size_t i = 0; i < g->n; i++) {
+		struct feed_req *r = g->reqs[i];
+
+		if (r == NULL)
+			continue;
+		if (req_complete(r) && r->broken) {
+			/* Committed, but the answer is unreadable: a push
+			 * again reads DUPLICATE. */
+			log_error("event=push source=%s outcome=error "
+			    "reason=\"unexpected result shape\"", r->source);
+			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+			    "internal error; push again to read the stored "
+			    "answers");
+		} else if (req_complete(r)) {
+			req_resolve_repeats(r);
+			req_answer(r);
+		} else if (req_fate(g, r, &why) == FATE_INTERNAL) {
+			log_error("event=push source=%s outcome=error "
+			    "sqlstate=%s error=\"%s\"", r->source,
+			    why->sqlstate, why->error != NULL ? why->error : "");
+			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+			    req_partly_done(r) ? "internal error: part of the "
+			    "batch was stored; push it again (stored items "
+			    "answer DUPLICATE)" : "internal error: the batch "
+			    "was not stored");
+		} else {
+			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+			    "database unavailable: the batch may not be "
+			    "stored; push again (stored items answer "
+			    "DUPLICATE)");
+		}
+		req_free(r);
+		g->reqs[i] = NULL;
 	}
 	group_free(g);
 }
@@ -822,11 +823,15 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				break;
 			}
 	}
-	if (--g->pending == 0)
-		group_finish(g);
 	/* A lane's connection is free even while the group's others run;
-	 * the group's sources and tiles stay held until it is answered. */
-	feed_flush();
+	 * the group's sources and tiles stay held until its last lane has
+	 * answered, and then the next group goes out before its replies. */
+	if (--g->pending == 0) {
+		group_release(g);
+		feed_flush();
+		group_answer(g);
+	} else
+		feed_flush();
 }
 
 /* The item of r sending this ext_id, or -1; with add, idx is recorded when
@@ -1246,9 +1251,12 @@ feed_start(void)
 		fq.ninflight++;
 		fq.lane_txns++;
 	}
-	/* Refused at once: answered, and the next requests may try. */
-	if (g->pending == 0)
-		group_finish(g);
+	/* Refused at once: answered, and the next requests may try (the
+	 * caller's loop starts them: no recursion here). */
+	if (g->pending == 0) {
+		group_release(g);
+		group_answer(g);
+	}
 	return true;
 }
 
