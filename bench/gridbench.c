@@ -98,6 +98,7 @@ static struct {
 	double warmup;
 	int64_t max_requests;
 	const char *json;
+	const char *trace;	/* ingest: one line per answered batch */
 	const char *metrics;	/* the daemon's admin_http, or NULL */
 	const char *categories[MAX_CATEGORIES];
 	int ncategories;
@@ -723,6 +724,7 @@ static struct {
 	bool stopping;
 	struct event *tick;
 	double sched_batches;	/* open loop: batches due so far */
+	FILE *trace;
 } I;
 
 static void
@@ -825,6 +827,12 @@ ingest_reply_cb(struct bc *c, const Gridd__V1__Envelope *env, int64_t sent,
 		}
 		if (b->measured)
 			lat_add(&I.lat, now - b->sched_us);
+		/* Where in the run the slow replies are: a stall shows as a
+		 * run of them, a slow path as a scatter. */
+		if (I.trace != NULL)
+			fprintf(I.trace, "%.3f %.3f %d %d\n",
+			    (double)(b->sched_us - I.t_start) / 1e3,
+			    (double)(now - b->sched_us) / 1e3, d->dept, b->n);
 	} else {
 		if (I.error_replies++ == 0)
 			snprintf(I.first_error, sizeof(I.first_error), "%s",
@@ -986,8 +994,16 @@ run_ingest(struct jw *w)
 	if (R.ready < I.nd)
 		die("ingest: %d of %d departments logged in (%s)", R.ready,
 		    I.nd, I.d[0].s.st == SS_DEAD ? I.d[0].s.why : "timeout");
+	if (O.trace != NULL) {
+		if ((I.trace = fopen(O.trace, "w")) == NULL)
+			die("ingest: %s: %s", O.trace, strerror(errno));
+	}
 	txwin_begin(&tx);
 	I.t_start = bc_now_us();
+	if (I.trace != NULL)
+		fprintf(I.trace, "# start %lld ms since the epoch\n"
+		    "# sched_ms latency_ms dept items\n",
+		    (long long)wall_ms());
 	I.t_warm = I.t_start + (int64_t)(O.warmup * 1e6);
 	I.t_stop = I.t_start + (int64_t)((O.warmup + O.duration) * 1e6);
 	hard = I.t_stop + (int64_t)(HARD_STOP_EXTRA_S * 1e6);
@@ -1046,6 +1062,9 @@ run_ingest(struct jw *w)
 	jw_int(w, "error_replies", I.error_replies);
 	jw_str(w, "first_error", I.first_error);
 	jw_lat(w, "reply_latency", &I.lat);
+	if (I.trace != NULL && fclose(I.trace) != 0)
+		die("ingest: %s: %s", O.trace, strerror(errno));
+	I.trace = NULL;
 	return I.acked > 0 ? 0 : 1;
 }
 
@@ -1936,7 +1955,9 @@ usage(void)
 "  --metrics 127.x.x.x:PORT  the daemon's admin_http (IPv4 loopback):\n"
 "                        report the ingest transactions behind the run\n"
 "                        (ingest, dispatch)\n"
-"  --json FILE --quiet\n");
+"  --json FILE --quiet\n"
+"  --trace FILE          ingest: a line per answered batch (scheduled ms\n"
+"                        from the start, latency ms, department, items)\n");
 	exit(2);
 }
 
@@ -2025,7 +2046,7 @@ parse_args(int argc, char **argv)
 	    OPT_RATE, OPT_DURATION, OPT_WARMUP, OPT_MAXREQ, OPT_WORKERS,
 	    OPT_CONNS, OPT_PROCS, OPT_PINGIV, OPT_LOGINC, OPT_WPREFIX,
 	    OPT_ITER, OPT_PID, OPT_NOSPREAD, OPT_MODE, OPT_TT, OPT_SAMPLE,
-	    OPT_CITYB, OPT_CITYC, OPT_PARTBENCH, OPT_JSON, OPT_QUIET,
+	    OPT_CITYB, OPT_CITYC, OPT_PARTBENCH, OPT_JSON, OPT_TRACE, OPT_QUIET,
 	    OPT_METRICS,
 	    OPT_WPASS, OPT_DBCONNS, OPT_MRADIUS, OPT_MWINDOW };
 	static const struct option lo[] = {
@@ -2062,6 +2083,7 @@ parse_args(int argc, char **argv)
 		{ "city-communities", required_argument, NULL, OPT_CITYC },
 		{ "partbench", required_argument, NULL, OPT_PARTBENCH },
 		{ "json", required_argument, NULL, OPT_JSON },
+		{ "trace", required_argument, NULL, OPT_TRACE },
 		{ "db-conns", required_argument, NULL, OPT_DBCONNS },
 		{ "merge-radius", required_argument, NULL, OPT_MRADIUS },
 		{ "merge-window", required_argument, NULL, OPT_MWINDOW },
@@ -2140,6 +2162,7 @@ parse_args(int argc, char **argv)
 		    1e6, "--city-communities"); break;
 		case OPT_PARTBENCH: O.partbench = optarg; break;
 		case OPT_JSON: O.json = optarg; break;
+		case OPT_TRACE: O.trace = optarg; break;
 		case OPT_MRADIUS: O.merge_radius = num_arg(optarg, 0, 10000,
 		    "--merge-radius"); break;
 		case OPT_MWINDOW: O.merge_window = (int)num_arg(optarg, 0,
