@@ -827,17 +827,19 @@ ingest_reply_cb(struct bc *c, const Gridd__V1__Envelope *env, int64_t sent,
 		}
 		if (b->measured)
 			lat_add(&I.lat, now - b->sched_us);
-		/* Where in the run the slow replies are: a stall shows as a
-		 * run of them, a slow path as a scatter. */
-		if (I.trace != NULL)
-			fprintf(I.trace, "%.3f %.3f %d %d\n",
-			    (double)(b->sched_us - I.t_start) / 1e3,
-			    (double)(now - b->sched_us) / 1e3, d->dept, b->n);
 	} else {
 		if (I.error_replies++ == 0)
 			snprintf(I.first_error, sizeof(I.first_error), "%s",
 			    error_text(env));
 	}
+	/* Where in the run the slow replies are: a stall shows as a run of
+	 * them (or of errors), a slow path as a scatter. */
+	if (I.trace != NULL)
+		fprintf(I.trace, "%.3f %.3f %d %d %s\n",
+		    (double)(b->sched_us - I.t_start) / 1e3,
+		    (double)(now - b->sched_us) / 1e3, d->dept, b->n,
+		    env->body_case ==
+		    GRIDD__V1__ENVELOPE__BODY_PUSH_INCIDENTS_REPLY ? "ok" : "err");
 	free(b);
 	/* Closed loop: the answered slot is filled again at once. */
 	if (O.rate <= 0 && !I.stopping && d->s.c != NULL)
@@ -972,6 +974,13 @@ run_ingest(struct jw *w)
 
 	if (O.ndepts < 1)
 		die("ingest: no departments (--dept ID:KEY or GRIDBENCH_DEPTS)");
+	/* Opened before the logins, so that a bad path fails at once; line
+	 * buffered, so that a run cut short keeps its lines. */
+	if (O.trace != NULL) {
+		if ((I.trace = fopen(O.trace, "w")) == NULL)
+			die("ingest: %s: %s", O.trace, strerror(errno));
+		setvbuf(I.trace, NULL, _IOLBF, 0);
+	}
 	if (O.ncategories < 1)
 		die("ingest: no --categories");
 	I.nd = O.ndepts;
@@ -994,15 +1003,11 @@ run_ingest(struct jw *w)
 	if (R.ready < I.nd)
 		die("ingest: %d of %d departments logged in (%s)", R.ready,
 		    I.nd, I.d[0].s.st == SS_DEAD ? I.d[0].s.why : "timeout");
-	if (O.trace != NULL) {
-		if ((I.trace = fopen(O.trace, "w")) == NULL)
-			die("ingest: %s: %s", O.trace, strerror(errno));
-	}
 	txwin_begin(&tx);
 	I.t_start = bc_now_us();
 	if (I.trace != NULL)
 		fprintf(I.trace, "# start %lld ms since the epoch\n"
-		    "# sched_ms latency_ms dept items\n",
+		    "# sched_ms latency_ms dept items ok|err\n",
 		    (long long)wall_ms());
 	I.t_warm = I.t_start + (int64_t)(O.warmup * 1e6);
 	I.t_stop = I.t_start + (int64_t)((O.warmup + O.duration) * 1e6);
@@ -1957,7 +1962,8 @@ usage(void)
 "                        (ingest, dispatch)\n"
 "  --json FILE --quiet\n"
 "  --trace FILE          ingest: a line per answered batch (scheduled ms\n"
-"                        from the start, latency ms, department, items)\n");
+"                        from the start, latency ms, department, items,\n"
+"                        ok or err)\n");
 	exit(2);
 }
 
@@ -2227,6 +2233,8 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	parse_args(argc, argv);
+	if (O.trace != NULL && O.sc != SC_INGEST)
+		die("--trace is for ingest only");
 	raise_nofile();
 	if (O.tls)
 		tls_ctx = make_tls();

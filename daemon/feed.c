@@ -685,31 +685,29 @@ req_fate(const struct feed_group *g, const struct feed_req *r,
 
 /*
  * Every lane of g has answered: its sources and tiles are free again, and
- * its requests that go again alone (below) are put back at the head of
+ * its requests that go again alone (req_fate) are put back at the head of
  * the queue, in their order, with the parts still to do.  The others stay
- * in g for group_answer, which the caller runs after it has started the
- * next group: building and sending a group's replies takes the loop a
- * while, and the lanes would wait for it with nothing to do.
+ * in g for group_answer, which lane_cb runs once it has started the next
+ * group (building and sending a group's replies takes the loop a while,
+ * and the lanes would wait for it with nothing to do); a group refused at
+ * once is answered at once by feed_start.
  */
 static void
 group_release(struct feed_group *g)
 {
-	const struct lane_end *why;
-	bool retrying = false;
+	const struct lane_end *why, *first = NULL;
 
 	TAILQ_REMOVE(&fq.inflight, g, entry);
 	if (g->solo)
 		fq.solo_inflight--;
 	inflight_keys_rebuild();
+	/* Backwards, each to the head: they keep their order there. */
 	for (size_t i = g->n; i-- > 0;) {
 		struct feed_req *r = g->reqs[i];
 
 		if (req_complete(r) || req_fate(g, r, &why) != FATE_RETRY)
 			continue;
-		if (!retrying)
-			log_warn("event=push_group outcome=retry requests=%zu "
-			    "sqlstate=%s", g->n, why->sqlstate);
-		retrying = true;
+		first = why;
 		if (g->n == 1)
 			r->retries++;
 		r->solo = true;
@@ -717,15 +715,21 @@ group_release(struct feed_group *g)
 		fq.queued_items += r->n;
 		g->reqs[i] = NULL;
 	}
-	if (retrying)
+	if (first != NULL) {
+		log_warn("event=push_group outcome=retry requests=%zu "
+		    "sqlstate=%s", g->n, first->sqlstate);
 		fq.group_retries++;
+	}
 }
 
 /*
  * The rest of g's requests, after group_release.  A request whose parts
- * all committed is answered (a lane that failed held none of its parts);
- * the others fail: a lane that died with its connection may or may not
- * have committed, and a push again reads DUPLICATE for what did.
+ * all committed is answered (a lane that failed held none of its parts).
+ * The others fail: INTERNAL when the server refused a statement of theirs
+ * and going again would not help (alone already, for its own data, or
+ * out of conflict retries); UNAVAILABLE when a lane of theirs died with
+ * its connection or timed out, and so may or may not have committed (a
+ * push again reads DUPLICATE for what did).
  */
 static void
 group_answer(struct feed_group *g)
@@ -748,20 +752,30 @@ group_answer(struct feed_group *g)
 		} else if (req_complete(r)) {
 			req_resolve_repeats(r);
 			req_answer(r);
-		} else if (req_fate(g, r, &why) == FATE_INTERNAL) {
-			log_error("event=push source=%s outcome=error "
-			    "sqlstate=%s error=\"%s\"", r->source,
-			    why->sqlstate, why->error != NULL ? why->error : "");
-			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-			    req_partly_done(r) ? "internal error: part of the "
-			    "batch was stored; push it again (stored items "
-			    "answer DUPLICATE)" : "internal error: the batch "
-			    "was not stored");
 		} else {
-			req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-			    "database unavailable: the batch may not be "
-			    "stored; push again (stored items answer "
-			    "DUPLICATE)");
+			switch (req_fate(g, r, &why)) {
+			case FATE_INTERNAL:
+				log_error("event=push source=%s outcome=error "
+				    "sqlstate=%s error=\"%s\"", r->source,
+				    why->sqlstate, why->error != NULL ?
+				    why->error : "");
+				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+				    req_partly_done(r) ? "internal error: "
+				    "part of the batch was stored; push it "
+				    "again (stored items answer DUPLICATE)" :
+				    "internal error: the batch was not "
+				    "stored");
+				break;
+			case FATE_UNAVAILABLE:
+				req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+				    "database unavailable: the batch may not "
+				    "be stored; push again (stored items "
+				    "answer DUPLICATE)");
+				break;
+			case FATE_RETRY:
+				/* group_release queued it again. */
+				abort();
+			}
 		}
 		req_free(r);
 		g->reqs[i] = NULL;
