@@ -586,14 +586,15 @@ req_resolve_repeats(struct feed_req *r)
 	}
 }
 
-/* Whether a lane committed some of r's parts (another did not). */
-static bool
-req_partly_done(const struct feed_req *r)
+/* r's parts that a lane committed (and whose answers were read). */
+static size_t
+req_parts_done(const struct feed_req *r)
 {
+	size_t n = 0;
+
 	for (size_t p = 0; p < r->nparts; p++)
-		if (r->parts[p].done)
-			return true;
-	return false;
+		n += r->parts[p].done;
+	return n;
 }
 
 /* Items r still sends: those of its parts not stored yet. */
@@ -611,10 +612,7 @@ req_items_to_do(const struct feed_req *r)
 static bool
 req_complete(const struct feed_req *r)
 {
-	for (size_t p = 0; p < r->nparts; p++)
-		if (!r->parts[p].done)
-			return false;
-	return true;
+	return req_parts_done(r) == r->nparts;
 }
 
 /* ---- group commit ------------------------------------------------------ */
@@ -760,7 +758,7 @@ group_answer(struct feed_group *g)
 				    why->sqlstate, why->error != NULL ?
 				    why->error : "");
 				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-				    req_partly_done(r) ? "internal error: "
+				    req_parts_done(r) > 0 ? "internal error: "
 				    "part of the batch was stored; push it "
 				    "again (stored items answer DUPLICATE)" :
 				    "internal error: the batch was not "
