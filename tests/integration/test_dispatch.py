@@ -832,6 +832,37 @@ def test_push_merge_locks_build_no_hash_table_for_keys_they_lack():
     assert max(reset, default=0) > 1024, reset
 
 
+def test_push_runs_no_statement_with_nothing_to_do():
+    # Each statement of a push costs its executor's start, and an INSERT
+    # of no rows still fires the report's statement triggers; a push runs
+    # only the statements its items need (012_push_fixed_cost.sql). One
+    # item pushed twice: a new incident, then a duplicate.
+    db, tag, lon, lat = plan_spot("lean", "lean")
+    call = " SELECT count(*) FROM" + push_sql(lon, lat, "'%s-1'" % tag,
+                                               "0") + ";"
+    plans = logged_plans("BEGIN; -- auto_explain --\n" + call + call +
+                         " ROLLBACK;", db)
+    texts = [p.split("Query Text:", 1)[1].lstrip() for p in plans
+             if "Query Text:" in p]
+    tops = [i for i, t in enumerate(texts)
+            if t.startswith("SELECT count(*) FROM gridd_feed_push")]
+    assert len(tops) == 2, texts[-3:]
+    first = "\n".join(texts[:tops[0]])
+    second = "\n".join(texts[tops[0] + 1:tops[1]])
+    for needed in ("INSERT INTO incidents", "INSERT INTO incident_sources",
+                   "gridd_emit_events_to"):
+        assert needed in first, (needed, first)
+    # Nothing refused, nothing unplaceable, one item: no refusal insert,
+    # no length check by statement, no merge within the call.
+    for idle in ("INSERT INTO rejections", "gridd_check_lengths",
+                 "gridd_feed_leaders"):
+        assert idle not in first, (idle, first)
+    # The duplicate writes nothing, so nothing that writes runs.
+    for idle in ("INSERT INTO", "UPDATE incidents", "gridd_emit_events_to",
+                 "gridd_dispatch_pushed", "report_dirty"):
+        assert idle not in second, (idle, second)
+
+
 def test_choice_probes_keep_their_indexes_after_statistics_of_empty_tables():
     # The same for the choice of a worker, in a push or after it: the
     # incident's past assignments are read by incident, whatever the
