@@ -223,14 +223,16 @@ static const struct key_def keys[] = {
 	KC(P, "push_max_age_days", CFG_T_INT, push_max_age_days, "365", 1,
 	    36500, 0, "and this far in the past"),
 	KC(P, "group_commit_max_items", CFG_T_INT, group_commit_max_items,
-	    "5000", 1, 1000000, 0, "incidents of concurrent pushes combined "
-	    "into one transaction (group commit)"),
+	    "5000", 1, 1000000, 0, "incidents of queued pushes taken "
+	    "together when a connection is free (group commit), shared among "
+	    "the free connections by task type"),
 	KC(P, "group_commit_parallel", CFG_T_INT, group_commit_parallel,
 	    "2", 1, 16, 0, "ingest transactions in flight at once (at most "
-	    "database.pool_size - 1): a group commit's items go as one "
-	    "transaction per lane of task types, side by side, and a group "
-	    "starts beside others only with pushes whose merges cannot meet "
-	    "theirs; one source's pushes stay in order"),
+	    "database.pool_size - 1): a push's items of each task type (its "
+	    "parts) go as soon as a connection is free and nothing in flight "
+	    "could make them wait, one transaction per lane of task types; a "
+	    "part starts beside others only when its merges cannot meet "
+	    "theirs; one source's pushes of a task type stay in order"),
 	KC(P, "push_queue_max_items", CFG_T_INT, push_queue_max_items,
 	    "200000", 1, 10000000, 0, "incidents waiting for a transaction; "
 	    "pushes beyond it are UNAVAILABLE"),

@@ -12,67 +12,65 @@
  * timers and notifies dispatch, set-based, for every request of the
  * transaction at once.
  *
- * Group commit.  Requests wait in a FIFO; when a group can start, as many
- * of them as fit in group_commit_max_items go together, their items
- * concatenated in request order: one round trip, one plan and one WAL
- * flush per lane (below) for all of them.  Items of a later request merge
- * into earlier requests' new incidents as within one request.
+ * Group commit.  Items of two task types never merge, so they never take
+ * each other's merge locks either.  A push is therefore split into parts,
+ * one per task type, and the queue holds parts in the order their pushes
+ * came.  When a connection is free, as many queued parts as fit in
+ * group_commit_max_items go together, their items concatenated in queue
+ * order: one round trip, one plan and one WAL flush for all of them.
+ * Items of a later push merge into earlier pushes' new incidents as
+ * within one push.  When several connections are free at once, the parts
+ * taken are shared among them by task type (lanes), the task types with
+ * most items first, each to the lane with fewest so far: each lane is one
+ * statement in a transaction of its own (BEGIN, the call, COMMIT), and the
+ * lanes run side by side, on a core each, where one transaction would use
+ * one.  Up to group_commit_parallel transactions are in flight.  A
+ * request is answered when every one of its parts has committed.
  *
- * Lanes.  Items of two task types never merge, so they never take each
- * other's merge locks either.  A group's items are therefore split by
- * task type into lanes, at most group_commit_parallel of them (two by
- * default), the task types with most items first, each to the lane with
- * fewest so far: each lane is one statement in a transaction of its own
- * (BEGIN, the call, COMMIT) on its own connection, and the lanes run side
- * by side, on a core each, where one transaction would use one.  A
- * request (its parts: one per task type) is answered when every lane that
- * carries one of its parts has committed.  Departments that push the same
- * task types all over the city gain as much as those that keep to their
- * own.  The lanes of a group do contend for the departments' event
- * sequence rows, but only from their last statement to their commit.
+ * Parts, not pushes, wait.  A part waits only for what could make it
+ * wait in the database or break an order: when a transaction ends, its
+ * connection takes the next parts at once, whatever became of the other
+ * transactions, so a task type whose transaction is slow (a large batch,
+ * merge locks held by another process) holds back its own task type only.
+ * A part whose merge tiles (mergekeys.c) meet those of a transaction in
+ * flight waits for the next look at the queue, and so do the parts behind
+ * it that meet its tiles, so that it is not overtaken for ever: it would
+ * only wait for the same locks in the database, holding a connection.
+ * Parts in different parts of the city, or of other task types, go
+ * beside each other.
  *
- * Groups side by side only when they cannot wait for each other.  The
- * lane transactions in flight are at most group_commit_parallel.  Groups
- * whose items may merge lock the same (task type, tile) in the SQL, and
- * the later one waits for the earlier one's commit: started beside it, it
- * would only hold a connection and split the group that should have gone
- * next.  So while groups are in flight, a request whose merge tiles
- * (mergekeys.c) meet theirs waits for the next group, and so do the
- * requests behind it that meet its tiles, so that it is not overtaken
- * for ever.  Pushes in different parts of the city may then go beside
- * each other; pushes that overlap go one group after the other.
+ * One source's pushes of a task type are applied in the order they came:
+ * a part waits while a part of its source and task type is in flight or
+ * waits ahead of it; other sources' parts, and the source's parts of
+ * other task types, may pass it.  A part that sends an ext_id which an
+ * earlier push of its source (in flight, waiting, or taken in the same
+ * look) sends too waits for it, and reads DUPLICATE in a later
+ * transaction, so every key of a call is distinct and no two transactions
+ * race for one key.  Concurrent transactions, of this process or of
+ * others sharing the database, serialise their merges with advisory locks
+ * per (task type, tile) taken in key order in the SQL.  Transactions
+ * number their events as each reaches the departments' sequence rows
+ * (near its end), so a source's events follow its pushes' order within a
+ * task type, not across task types; the wire contract promises only that
+ * a subscriber reads them in sequence order.  Transactions that both offer
+ * new incidents to workers pass over a worker the other holds (SKIP
+ * LOCKED in the choice), and push_offer_max counts per transaction.
  *
- * One source's pushes are applied in the order they came: a request whose
- * source (a department, or a worker) has a group in flight waits for it,
- * and so do the source's later requests; other sources' requests may
- * pass it.  Two requests of a source that share an ext_id never go
- * together either (the later one reads DUPLICATE in the next group), so
- * every key of a call is distinct and no two transactions race for one
- * key.  Concurrent transactions, of this process or of others sharing the
- * database, serialise their merges with advisory locks per (task type,
- * tile) taken in key order in the SQL.  Within a group the lanes number
- * their events as each reaches the departments' sequence rows (near its
- * end), so a source's events follow its pushes' order within a task type,
- * not across the task types of one group; the wire contract promises
- * only that a subscriber reads them in sequence order.  Lanes that both
- * offer new incidents to workers pass over a worker the other holds
- * (SKIP LOCKED in the choice), and push_offer_max counts per lane.
- *
- * Durability point.  A request's reply is built only once the batch
- * callbacks of all its lanes have run, and db.c reports DB_OK there only
- * after COMMIT succeeded, i.e. after PostgreSQL flushed the WAL
+ * Durability point.  A request's reply is built only once the
+ * transactions of all its parts have answered, and db.c reports DB_OK
+ * only after COMMIT succeeded, i.e. after PostgreSQL flushed the WAL
  * (synchronous_commit on).  Nothing is answered from a transaction that
  * might still roll back.  When the database fails (connection lost,
- * timeout) a lane may or may not have committed, and another lane of the
- * same request may have: the request gets UNAVAILABLE, and a client that
- * pushes again gets DUPLICATE for whatever did commit, with the incident
- * id of the first answer.
+ * timeout) a transaction may or may not have committed, and another one
+ * carrying a part of the same request may have: the request gets
+ * UNAVAILABLE, and a client that pushes again gets DUPLICATE for whatever
+ * did commit, with the incident id of the first answer.
  *
- * When a statement of a lane fails for its data, PostgreSQL aborts that
- * lane's transaction; each request of the group with a part there is then
- * retried alone with the parts still to do (those of lanes that committed
- * are answered already), so one bad request (or a deadlock with another
- * process) costs the others a retry, not an error.
+ * When a statement fails for its data, PostgreSQL aborts that transaction;
+ * each of its parts then goes again alone (the parts of the same requests
+ * in other transactions are answered as they were stored), so one bad
+ * request (or a deadlock with another process) costs the others a retry,
+ * not an error.
  */
 #include "feed.h"
 
@@ -134,16 +132,15 @@ static const char feed_sql[] =
  * other transaction's rows and answers DUPLICATE or MERGED. */
 #define FEED_CONFLICT_RETRIES 3
 
-/* Queued requests looked at for one transaction: those of sources with a
- * transaction in flight are passed over, but not without bound. */
+/* Queued parts looked at for one look at the queue: those that wait are
+ * passed over, but not without bound. */
 #define FEED_SCAN_MAX 1024
 
-/* Lanes of one group at most: group_commit_parallel's bound. */
+/* Lanes of one look at the queue at most: group_commit_parallel's bound. */
 #define FEED_LANES_MAX 16
 
-/* Merge-tile keys of queued requests looked at for a transaction beside
- * those in flight: a backlog of large pushes costs each look at the queue
- * at most this much hashing. */
+/* Merge-tile keys and ext_ids of queued parts hashed in one look at the
+ * queue: a backlog of large pushes costs each look at most this much. */
 #define FEED_SCAN_KEYS_MAX 65536
 
 /* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
@@ -199,91 +196,95 @@ struct feed_res {
 	int sql_ord;		/* 1-based row within its part, 0 = not sent */
 };
 
-/*
- * A request's sent items of one task type; its first part also records
- * the request's refusals (one of refusals only when nothing is sent).
- * Items of two task types never merge, nor wait for each other's merge
- * locks, so a transaction's parts go to the database as one statement
- * per lane, each lane a transaction of its own on its own connection,
- * side by side (group_lanes).
- */
-struct feed_part {
-	char *tt;		/* task type; "" for refusals only */
-	size_t n_sql;		/* items sent */
-	size_t n_rej;		/* refusals recorded */
-	char *frag[FR_N];
-	int lane;		/* in the transaction under way */
-	size_t row0;		/* its first row in its lane's result */
-	bool done;		/* committed and its answers read */
-};
-
-struct feed_req {
-	TAILQ_ENTRY(feed_req) entry;
-	struct conn *c;
-	uint64_t request_id;
-	bool from_worker;
-	bool solo;		/* retried alone after its group failed */
-	int retries;		/* alone, after a conflict with another process */
-	char source[CONN_PRINCIPAL_MAX + 1];
-	size_t n;		/* items in the request: its weight in the
-				 * queue and in a group, since refusals are
-				 * recorded by the same statement */
-	size_t n_sql;		/* items sent to the SQL, in all its parts */
-	size_t n_rej;		/* refusals recorded (by its first part) */
-	struct feed_part *parts;
-	size_t nparts;
-	bool broken;		/* a committed part's answer was unreadable */
-	struct feed_res *res;
-	int *slots;		/* open addressing: the sent items' ext_ids */
-	size_t nslots;
-	struct mergekeys keys;	/* the merge tiles its items will lock */
-	bool tile_waited;	/* held back for them once (counted) */
-	int64_t started;	/* mono_ms */
-};
-
-TAILQ_HEAD(feed_queue, feed_req);
-
-struct feed_group {
-	struct feed_req **reqs;
-	size_t n;
-	size_t items;		/* items sent, all lanes together */
-	size_t weight;		/* the requests' n, against the cap */
-	int64_t started;
-	bool solo;		/* one request retried alone */
-	int pending;		/* lane transactions not answered yet */
-	struct lane_end *ends;	/* why each lane failed, if it did */
-	TAILQ_ENTRY(feed_group) entry;	/* in fq.inflight */
-};
-
-/* How a lane's transaction failed.  Refused by the server (a sqlstate):
- * nothing of it was stored.  Otherwise (connection lost, timeout, never
- * sent) it may have committed, and only the client can safely push
- * again. */
+/* How a transaction failed.  Refused by the server (a sqlstate): nothing
+ * of it was stored.  Otherwise (connection lost, timeout, never sent) it
+ * may have committed, and only the client can safely push again. */
 struct lane_end {
 	char sqlstate[6];	/* "" when the server gave none */
 	char *error;
 };
 
-/* One lane's transaction of a group: its batch callback's argument. */
-struct feed_lane {
-	struct feed_group *g;
-	int lane;
+/* Where a part is on its way to the database. */
+enum part_state {
+	PART_QUEUED,		/* in fq.queue */
+	PART_INFLIGHT,		/* in a transaction not answered yet */
+	PART_DONE,		/* committed, and its answers read */
+	PART_FAILED,		/* not stored, or not known to be (end) */
 };
 
-TAILQ_HEAD(feed_groups, feed_group);
+/*
+ * A request's sent items of one task type; its first part also records
+ * the request's refusals (one of refusals only when nothing is sent).
+ * Items of two task types never merge, nor wait for each other's merge
+ * locks, so the queue holds parts, not requests, and a part goes to the
+ * database as soon as nothing in flight could make it wait, whatever
+ * became of its request's other parts.
+ */
+struct feed_part {
+	TAILQ_ENTRY(feed_part) entry;	/* in fq.queue while PART_QUEUED */
+	struct feed_req *r;
+	char *tt;		/* task type; "" for refusals only */
+	size_t n_sql;		/* items sent */
+	size_t n_rej;		/* refusals recorded */
+	size_t weight;		/* in the queue and against the cap */
+	char *frag[FR_N];
+	struct mergekeys keys;	/* the merge tiles its items will lock */
+	enum part_state state;
+	bool solo;		/* retried alone after its transaction failed */
+	bool tile_waited;	/* held back for them once (counted) */
+	int retries;		/* alone, after a conflict with another process */
+	int lane;		/* while a look at the queue shares parts out */
+	size_t row0;		/* its first row in its transaction's result */
+	struct lane_end end;	/* PART_FAILED: why */
+};
+
+struct feed_req {
+	struct conn *c;
+	uint64_t request_id;
+	bool from_worker;
+	char source[CONN_PRINCIPAL_MAX + 1];
+	size_t n;		/* items in the request: its weight in the
+				 * queue and in a transaction, since refusals
+				 * are recorded by the same statement */
+	size_t n_sql;		/* items sent to the SQL, in all its parts */
+	size_t n_rej;		/* refusals recorded (by its first part) */
+	struct feed_part *parts;
+	size_t nparts;
+	size_t nleft;		/* parts neither stored nor failed */
+	uint64_t stamp;		/* the last look at the queue that took one */
+	bool broken;		/* a committed part's answer was unreadable */
+	struct feed_res *res;
+	int *slots;		/* open addressing: the sent items' ext_ids */
+	size_t nslots;
+	int64_t started;	/* mono_ms */
+};
+
+TAILQ_HEAD(feed_queue, feed_part);
+
+/* One ingest transaction (BEGIN, one statement, COMMIT) on a connection of
+ * its own: parts of one task type or more, in queue order. */
+struct feed_txn {
+	TAILQ_ENTRY(feed_txn) entry;	/* in fq.inflight */
+	struct feed_part **parts;
+	size_t n;
+	int64_t started;
+	bool solo;		/* one part retried alone */
+};
+
+TAILQ_HEAD(feed_txns, feed_txn);
 
 static struct {
-	struct feed_queue queue;
+	struct feed_queue queue;	/* parts waiting, in arrival order */
 	size_t queued_items;
-	struct feed_groups inflight;	/* groups not answered yet */
+	struct feed_txns inflight;	/* transactions not answered yet */
 	struct mergekeys_set inflight_keys;	/* their merge tiles */
-	int ninflight;			/* their lane transactions */
-	int solo_inflight;		/* groups retrying one request */
+	int ninflight;
+	int solo_inflight;		/* transactions retrying one part */
+	uint64_t stamp;			/* looks at the queue that took parts */
 	uint64_t counts[FC_N];
-	uint64_t groups;
-	uint64_t lane_txns;		/* lane transactions sent */
+	uint64_t lane_txns;		/* transactions sent */
 	uint64_t group_retries;
-	uint64_t tile_waits;	/* requests held back for merge tiles */
+	uint64_t tile_waits;	/* parts held back for merge tiles */
 	uint64_t busy;		/* pushes refused: queue full */
 	uint64_t db_failures;
 	struct size_hist batch_items;
@@ -303,13 +304,14 @@ static void feed_flush(void);
 static void
 inflight_keys_rebuild(void)
 {
-	struct feed_group *f;
+	struct feed_txn *t;
 
 	mergekeys_set_free(&fq.inflight_keys);
 	mergekeys_set_init(&fq.inflight_keys);
-	TAILQ_FOREACH(f, &fq.inflight, entry)
-		for (size_t i = 0; i < f->n; i++)
-			mergekeys_set_add(&fq.inflight_keys, &f->reqs[i]->keys);
+	TAILQ_FOREACH(t, &fq.inflight, entry)
+		for (size_t i = 0; i < t->n; i++)
+			mergekeys_set_add(&fq.inflight_keys,
+			    &t->parts[i]->keys);
 }
 
 /* ---- a growable string for array literals ------------------------------ */
@@ -406,10 +408,11 @@ req_free(struct feed_req *r)
 		free(r->parts[p].tt);
 		for (int i = 0; i < FR_N; i++)
 			free(r->parts[p].frag[i]);
+		mergekeys_free(&r->parts[p].keys);
+		free(r->parts[p].end.error);
 	}
 	free(r->parts);
 	free(r->slots);
-	mergekeys_free(&r->keys);
 	conn_release(r->c);
 	free(r);
 }
@@ -586,46 +589,18 @@ req_resolve_repeats(struct feed_req *r)
 	}
 }
 
-/* r's parts that a lane committed (and whose answers were read). */
+/* r's parts stored, their answers read. */
 static size_t
 req_parts_done(const struct feed_req *r)
 {
 	size_t n = 0;
 
 	for (size_t p = 0; p < r->nparts; p++)
-		n += r->parts[p].done;
+		n += r->parts[p].state == PART_DONE;
 	return n;
 }
 
-/* Items r still sends: those of its parts not stored yet. */
-static size_t
-req_items_to_do(const struct feed_req *r)
-{
-	size_t n = 0;
-
-	for (size_t p = 0; p < r->nparts; p++)
-		if (!r->parts[p].done)
-			n += r->parts[p].n_sql;
-	return n;
-}
-
-static bool
-req_complete(const struct feed_req *r)
-{
-	return req_parts_done(r) == r->nparts;
-}
-
-/* ---- group commit ------------------------------------------------------ */
-
-static void
-group_free(struct feed_group *g)
-{
-	for (int l = 0; l < FEED_LANES_MAX; l++)
-		free(g->ends[l].error);
-	free(g->ends);
-	free(g->reqs);
-	free(g);
-}
+/* ---- ingest transactions ----------------------------------------------- */
 
 /* The server going away or out of resources (connection exception,
  * insufficient resources, operator intervention such as a shutdown or a
@@ -648,152 +623,142 @@ sqlstate_conflict(const char *sqlstate)
 	return strncmp(sqlstate, "40", 2) == 0 || strcmp(sqlstate, "23505") == 0;
 }
 
-/* What becomes of r, whose parts in failed lanes were not stored. */
-enum req_fate {
-	FATE_RETRY,		/* refused by the server: again, alone */
-	FATE_INTERNAL,		/* refused for its own data, alone already */
-	FATE_UNAVAILABLE,	/* a lane's outcome is unknown */
-};
-
-static enum req_fate
-req_fate(const struct feed_group *g, const struct feed_req *r,
-    const struct lane_end **why)
+/* pt was not stored (why has a sqlstate) or may have been (no sqlstate,
+ * or why NULL: never sent). */
+static void
+part_fail(struct feed_part *pt, const struct lane_end *why)
 {
-	bool conflict = true;
-
-	*why = NULL;
-	for (size_t p = 0; p < r->nparts; p++) {
-		const struct lane_end *e = &g->ends[r->parts[p].lane];
-
-		if (r->parts[p].done)
-			continue;
-		if (e->sqlstate[0] == '\0')
-			return FATE_UNAVAILABLE;
-		if (*why == NULL)
-			*why = e;
-		conflict = conflict && sqlstate_conflict(e->sqlstate);
+	pt->state = PART_FAILED;
+	free(pt->end.error);
+	pt->end.error = NULL;
+	pt->end.sqlstate[0] = '\0';
+	if (why != NULL) {
+		memcpy(pt->end.sqlstate, why->sqlstate, sizeof(why->sqlstate));
+		if (why->error != NULL)
+			pt->end.error = xstrdup(why->error);
 	}
-	/* Several requests share a refused statement: each goes again
-	 * alone, so that one bad request costs the others a retry, not an
-	 * error.  Alone already, only a conflict is worth another go. */
-	if (g->n > 1 || (conflict && r->retries < FEED_CONFLICT_RETRIES))
-		return FATE_RETRY;
-	return FATE_INTERNAL;
 }
 
 /*
- * Every lane of g has answered: its sources and tiles are free again, and
- * its requests that go again alone (req_fate) are put back at the head of
- * the queue, in their order, with the parts still to do.  The others stay
- * in g for group_answer, which lane_cb runs once it has started the next
- * group (building and sending a group's replies takes the loop a while,
- * and the lanes would wait for it with nothing to do); a group refused at
- * once is answered at once by feed_start.
+ * Every part of r has come to an end.  r is answered when all of them were
+ * stored (a transaction that failed stored none of the parts it carried);
+ * otherwise it fails: UNAVAILABLE when a part's transaction died with its
+ * connection or timed out, and so may or may not have committed (a push
+ * again reads DUPLICATE for what did); INTERNAL when the server refused a
+ * part's statement and going again would not help (alone already, for its
+ * own data, or out of conflict retries).  Frees r.
  */
 static void
-group_release(struct feed_group *g)
+req_finish(struct feed_req *r)
 {
-	const struct lane_end *why, *first = NULL;
+	const struct feed_part *failed = NULL;
+	bool unknown = false;
 
-	TAILQ_REMOVE(&fq.inflight, g, entry);
-	if (g->solo)
+	for (size_t p = 0; p < r->nparts; p++) {
+		const struct feed_part *pt = &r->parts[p];
+
+		if (pt->state != PART_FAILED)
+			continue;
+		if (failed == NULL)
+			failed = pt;
+		unknown = unknown || pt->end.sqlstate[0] == '\0';
+	}
+	if (failed == NULL && r->broken) {
+		/* Committed, but the answer is unreadable: a push again
+		 * reads DUPLICATE. */
+		log_error("event=push source=%s outcome=error "
+		    "reason=\"unexpected result shape\"", r->source);
+		req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+		    "internal error; push again to read the stored answers");
+	} else if (failed == NULL) {
+		req_resolve_repeats(r);
+		req_answer(r);
+	} else if (unknown) {
+		req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "database unavailable: the batch may not be stored; push "
+		    "again (stored items answer DUPLICATE)");
+	} else {
+		log_error("event=push source=%s outcome=error sqlstate=%s "
+		    "error=\"%s\"", r->source, failed->end.sqlstate,
+		    failed->end.error != NULL ? failed->end.error : "");
+		req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
+		    req_parts_done(r) > 0 ? "internal error: part of the "
+		    "batch was stored; push it again (stored items answer "
+		    "DUPLICATE)" : "internal error: the batch was not stored");
+	}
+	req_free(r);
+}
+
+/* Whether a part of r may have committed without an answer: r fails
+ * UNAVAILABLE whatever its other parts meet, so none of them goes again. */
+static bool
+req_unknown(const struct feed_req *r)
+{
+	for (size_t p = 0; p < r->nparts; p++)
+		if (r->parts[p].state == PART_FAILED &&
+		    r->parts[p].end.sqlstate[0] == '\0')
+			return true;
+	return false;
+}
+
+/* t is over: the requests whose last part it carried are answered, and t
+ * is freed.  A request is answered and freed once, by its last part, and
+ * only after t is done with its parts (they live in the request). */
+static void
+txn_end(struct feed_txn *t)
+{
+	struct feed_req **fin = xcalloc(t->n ? t->n : 1, sizeof(*fin));
+	size_t nfin = 0;
+
+	for (size_t i = 0; i < t->n; i++) {
+		struct feed_part *pt = t->parts[i];
+
+		if (pt->state == PART_QUEUED)	/* goes again */
+			continue;
+		if (--pt->r->nleft == 0)
+			fin[nfin++] = pt->r;
+	}
+	free(t->parts);
+	free(t);
+	for (size_t k = 0; k < nfin; k++)
+		req_finish(fin[k]);
+	free(fin);
+}
+
+/* t leaves the transactions in flight: its tiles are free again. */
+static void
+txn_unlink(struct feed_txn *t)
+{
+	TAILQ_REMOVE(&fq.inflight, t, entry);
+	if (t->solo)
 		fq.solo_inflight--;
 	inflight_keys_rebuild();
-	/* Backwards, each to the head: they keep their order there. */
-	for (size_t i = g->n; i-- > 0;) {
-		struct feed_req *r = g->reqs[i];
-
-		if (req_complete(r) || req_fate(g, r, &why) != FATE_RETRY)
-			continue;
-		first = why;
-		if (g->n == 1)
-			r->retries++;
-		r->solo = true;
-		TAILQ_INSERT_HEAD(&fq.queue, r, entry);
-		fq.queued_items += r->n;
-		g->reqs[i] = NULL;
-	}
-	if (first != NULL) {
-		log_warn("event=push_group outcome=retry requests=%zu "
-		    "sqlstate=%s", g->n, first->sqlstate);
-		fq.group_retries++;
-	}
 }
 
 /*
- * The rest of g's requests, after group_release.  A request whose parts
- * all committed is answered (a lane that failed held none of its parts).
- * The others fail: INTERNAL when the server refused a statement of theirs
- * and going again would not help (alone already, for its own data, or
- * out of conflict retries); UNAVAILABLE when a lane of theirs died with
- * its connection or timed out, and so may or may not have committed (a
- * push again reads DUPLICATE for what did).
+ * One transaction answered.  Its parts' answers are read now (the results
+ * live only in this call).  When it failed, the server refused it (a
+ * sqlstate) or it may have committed (connection lost, timeout).  Refused,
+ * each of its parts goes again alone, at the head of the queue in its
+ * order, so that one bad request costs the others a retry, not an error;
+ * alone already, only a conflict is worth another go (up to
+ * FEED_CONFLICT_RETRIES); and none whose request has a part that may have
+ * committed (that request fails UNAVAILABLE: the client pushes again).
+ * Then the next transactions go out, before the
+ * replies are built (that takes the loop a while, and the connections
+ * would wait for it with nothing to do).
  */
-static void
-group_answer(struct feed_group *g)
-{
-	const struct lane_end *why;
-
-	for (size_t i = 0; i < g->n; i++) {
-		struct feed_req *r = g->reqs[i];
-
-		if (r == NULL)
-			continue;
-		if (req_complete(r) && r->broken) {
-			/* Committed, but the answer is unreadable: a push
-			 * again reads DUPLICATE. */
-			log_error("event=push source=%s outcome=error "
-			    "reason=\"unexpected result shape\"", r->source);
-			req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-			    "internal error; push again to read the stored "
-			    "answers");
-		} else if (req_complete(r)) {
-			req_resolve_repeats(r);
-			req_answer(r);
-		} else {
-			switch (req_fate(g, r, &why)) {
-			case FATE_INTERNAL:
-				log_error("event=push source=%s outcome=error "
-				    "sqlstate=%s error=\"%s\"", r->source,
-				    why->sqlstate, why->error != NULL ?
-				    why->error : "");
-				req_fail(r, GRIDD__V1__ERROR_CODE__INTERNAL,
-				    req_parts_done(r) > 0 ? "internal error: "
-				    "part of the batch was stored; push it "
-				    "again (stored items answer DUPLICATE)" :
-				    "internal error: the batch was not "
-				    "stored");
-				break;
-			case FATE_UNAVAILABLE:
-				req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-				    "database unavailable: the batch may not "
-				    "be stored; push again (stored items "
-				    "answer DUPLICATE)");
-				break;
-			case FATE_RETRY:
-				/* group_release queued it again. */
-				abort();
-			}
-		}
-		req_free(r);
-		g->reqs[i] = NULL;
-	}
-	group_free(g);
-}
-
-/* One lane's transaction answered: its parts' answers are read now (the
- * results live only in this call), the group's end waits for the rest. */
 static void
 lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
     int n)
 {
-	struct feed_lane *fl = arg;
-	struct feed_group *g = fl->g;
-	int lane = fl->lane;
+	struct feed_txn *t = arg;
+	struct lane_end why = { "", NULL };
+	size_t retried = 0;
 
-	free(fl);
 	fq.ninflight--;
-	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - g->started));
+	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - t->started));
+	txn_unlink(t);
 	if (st == DB_OK && n == 1) {
 		int64_t gv;
 
@@ -803,47 +768,57 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 		    db_res_rows(results[0]) > 0 && db_res_cols(results[0]) == 5 &&
 		    db_res_int64(results[0], 0, 4, &gv))
 			cellcache_seen_version(gv);
-		for (size_t i = 0; i < g->n; i++) {
-			struct feed_req *r = g->reqs[i];
+		for (size_t i = 0; i < t->n; i++) {
+			struct feed_part *pt = t->parts[i];
 
-			for (size_t p = 0; p < r->nparts; p++) {
-				struct feed_part *pt = &r->parts[p];
-
-				if (pt->done || pt->lane != lane)
-					continue;
-				if (!req_apply_part(r, p, results[0]))
-					r->broken = true;
-				pt->done = true;
-			}
+			if (!req_apply_part(pt->r, (size_t)(pt - pt->r->parts),
+			    results[0]))
+				pt->r->broken = true;
+			pt->state = PART_DONE;
 		}
 	} else {
-		struct lane_end *e = &g->ends[lane];
-
 		fq.db_failures++;
 		/* Refused by the server only if it said why, for the
 		 * statement's sake, and the connection lived on: then nothing
-		 * of the lane was stored, and the request may go again. */
+		 * of it was stored, and its parts may go again. */
 		for (int i = 0; st != DB_UNAVAILABLE && st != DB_TIMEOUT &&
 		    i < n; i++)
 			if (results[i] != NULL &&
 			    db_res_status(results[i]) == DB_SQL_ERROR &&
 			    !sqlstate_operational(db_res_sqlstate(
 			    results[i]))) {
-				snprintf(e->sqlstate, sizeof(e->sqlstate),
+				snprintf(why.sqlstate, sizeof(why.sqlstate),
 				    "%s", db_res_sqlstate(results[i]));
-				e->error = xstrdup(db_res_error(results[i]));
+				why.error = xstrdup(db_res_error(results[i]));
 				break;
 			}
+		/* Backwards, each to the head: they keep their order there. */
+		for (size_t i = t->n; i-- > 0;) {
+			struct feed_part *pt = t->parts[i];
+
+			if (why.sqlstate[0] == '\0' || req_unknown(pt->r) ||
+			    (t->n == 1 && (!sqlstate_conflict(why.sqlstate) ||
+			    pt->retries >= FEED_CONFLICT_RETRIES))) {
+				part_fail(pt, &why);
+				continue;
+			}
+			if (t->n == 1)
+				pt->retries++;
+			pt->solo = true;
+			pt->state = PART_QUEUED;
+			TAILQ_INSERT_HEAD(&fq.queue, pt, entry);
+			fq.queued_items += pt->weight;
+			retried++;
+		}
+		if (retried > 0) {
+			log_warn("event=push_txn outcome=retry parts=%zu "
+			    "sqlstate=%s", t->n, why.sqlstate);
+			fq.group_retries++;
+		}
 	}
-	/* A lane's connection is free even while the group's others run;
-	 * the group's sources and tiles stay held until its last lane has
-	 * answered, and then the next group goes out before its replies. */
-	if (--g->pending == 0) {
-		group_release(g);
-		feed_flush();
-		group_answer(g);
-	} else
-		feed_flush();
+	free(why.error);
+	feed_flush();
+	txn_end(t);
 }
 
 /* The item of r sending this ext_id, or -1; with add, idx is recorded when
@@ -864,26 +839,6 @@ req_ext_find(struct feed_req *r, const char *ext, int add_idx)
 	}
 }
 
-/* Whether r sends a (source, ext_id) that a request of g already sends:
- * then r waits for the next transaction, whose snapshot sees the first
- * one's answer (DUPLICATE), as if they had come one after the other. */
-static bool
-group_overlaps(const struct feed_group *g, struct feed_req *r)
-{
-	for (size_t j = 0; j < g->n; j++) {
-		struct feed_req *q = g->reqs[j];
-
-		if (q->from_worker != r->from_worker ||
-		    strcmp(q->source, r->source) != 0 || q->nslots == 0)
-			continue;
-		for (size_t i = 0; i < r->n; i++)
-			if (r->res[i].sql_ord > 0 &&
-			    req_ext_find(q, r->res[i].ext_id, -1) >= 0)
-				return true;
-	}
-	return false;
-}
-
 /* Appends a request's "{a,b" fragment to a transaction's array. */
 static void
 frag_append(struct sbuf *dst, const char *frag)
@@ -895,12 +850,11 @@ frag_append(struct sbuf *dst, const char *frag)
 	sb_puts(dst, frag + 1);
 }
 
-/* The one statement of a lane's transaction: the lane's parts of every
- * request, in request order (and a request's parts in the order of their
- * first item), the points located with the process's index.  Sets each
- * part's row0. */
+/* The one statement of a transaction: its parts in queue order (a
+ * request's parts in the order of their first item), the points located
+ * with the process's index.  Sets each part's row0. */
 static void
-group_statement(const struct feed_group *g, int lane, struct db_batch *b)
+txn_statement(const struct feed_txn *t, struct db_batch *b)
 {
 	static const int to_fg[FR_N] = {
 		FG_EXT, FG_CAT, FG_TT, FG_LIST, FG_MATTER, FG_ROUTE, FG_SLA,
@@ -919,39 +873,35 @@ group_statement(const struct feed_group *g, int lane, struct db_batch *b)
 	for (int k = FG_KIND; k < FG_N; k++)
 		sb_putc(&a[k], '{');
 	ix = cellcache_current(&gv);
-	for (size_t j = 0; j < g->n; j++) {
-		struct feed_req *r = g->reqs[j];
+	for (size_t j = 0; j < t->n; j++) {
+		struct feed_part *pt = t->parts[j];
+		const struct feed_req *r = pt->r;
 		const char *kind = r->from_worker ? "worker" : "department";
+		int p = (int)(pt - r->parts);
 
-		for (size_t p = 0; p < r->nparts; p++) {
-			struct feed_part *pt = &r->parts[p];
+		pt->row0 = rows;
+		rows += pt->n_sql;
+		for (int k = 0; k < FR_N; k++)
+			frag_append(&a[to_fg[k]], pt->frag[k]);
+		for (size_t i = 0; i < pt->n_sql; i++) {
+			sb_elem_str(&a[FG_KIND], kind);
+			sb_elem_str(&a[FG_SOURCE], r->source);
+		}
+		for (size_t i = 0; i < pt->n_rej; i++) {
+			sb_elem_str(&a[FG_REJ_KIND], kind);
+			sb_elem_str(&a[FG_REJ_SOURCE], r->source);
+		}
+		for (size_t i = 0; i < r->n; i++) {
+			const struct feed_res *s = &r->res[i];
+			const char *comm = NULL, *cell = NULL;
 
-			if (pt->done || pt->lane != lane)
+			if (s->sql_ord == 0 || s->part != p)
 				continue;
-			pt->row0 = rows;
-			rows += pt->n_sql;
-			for (int k = 0; k < FR_N; k++)
-				frag_append(&a[to_fg[k]], pt->frag[k]);
-			for (size_t i = 0; i < pt->n_sql; i++) {
-				sb_elem_str(&a[FG_KIND], kind);
-				sb_elem_str(&a[FG_SOURCE], r->source);
-			}
-			for (size_t i = 0; i < pt->n_rej; i++) {
-				sb_elem_str(&a[FG_REJ_KIND], kind);
-				sb_elem_str(&a[FG_REJ_SOURCE], r->source);
-			}
-			for (size_t i = 0; i < r->n; i++) {
-				const struct feed_res *s = &r->res[i];
-				const char *comm = NULL, *cell = NULL;
-
-				if (s->sql_ord == 0 || s->part != (int)p)
-					continue;
-				if (ix != NULL && s->has_point)
-					(void)locate_index_find(ix, s->lon,
-					    s->lat, &comm, &cell);
-				sb_elem_str(&a[FG_COMM], comm);
-				sb_elem_str(&a[FG_CELL], cell);
-			}
+			if (ix != NULL && s->has_point)
+				(void)locate_index_find(ix, s->lon, s->lat,
+				    &comm, &cell);
+			sb_elem_str(&a[FG_COMM], comm);
+			sb_elem_str(&a[FG_CELL], cell);
 		}
 	}
 	snprintf(radius, sizeof(radius), "%.17g", gridd.cfg->merge_radius_m);
@@ -983,42 +933,85 @@ max_inflight(void)
 	return n < 1 ? 1 : n;
 }
 
-/* A set of sources (worker or department, principal), for one call of
- * feed_start: open addressing over requests that stand for their source. */
-struct srcset {
-	const struct feed_req **v;
-	size_t mask;
+/*
+ * A set of (source, name) pairs for one look at the queue: the task types
+ * of a source whose parts must wait, and the ext_ids that a source's parts
+ * in flight, held back or taken send.  Open addressing over the names,
+ * which the requests own; grows at half full.
+ */
+struct pairset {
+	struct pair {
+		const struct feed_req *r;	/* stands for its source */
+		const char *name;
+	} *v;
+	size_t mask, n;
 };
 
-static uint32_t
-src_hash(const struct feed_req *r)
+static void
+pairset_init(struct pairset *s)
 {
-	return fnv1a32(r->source) ^ (r->from_worker ? 0x9e3779b9u : 0);
+	s->mask = 63;
+	s->n = 0;
+	s->v = xcalloc(s->mask + 1, sizeof(*s->v));
 }
 
-static bool
-src_same(const struct feed_req *a, const struct feed_req *b)
+static size_t
+pair_hash(const struct feed_req *r, const char *name)
 {
-	return a->from_worker == b->from_worker &&
-	    strcmp(a->source, b->source) == 0;
+	return (size_t)(fnv1a32(r->source) * 31u ^ fnv1a32(name) ^
+	    (r->from_worker ? 0x9e3779b9u : 0));
 }
 
-/* Adds r's source (add) or only looks it up; true when it was there. */
+/* Whether (r's source, name) is in s; added when it is not and add. */
 static bool
-srcset_find(struct srcset *set, const struct feed_req *r, bool add)
+pairset_find(struct pairset *s, const struct feed_req *r, const char *name,
+    bool add)
 {
-	for (size_t i = src_hash(r) & set->mask;; i = (i + 1) & set->mask) {
-		if (set->v[i] == NULL) {
-			if (add)
-				set->v[i] = r;
-			return false;
-		}
-		if (src_same(set->v[i], r))
+	size_t i;
+
+	for (i = pair_hash(r, name) & s->mask; s->v[i].r != NULL;
+	    i = (i + 1) & s->mask)
+		if (s->v[i].r->from_worker == r->from_worker &&
+		    strcmp(s->v[i].r->source, r->source) == 0 &&
+		    strcmp(s->v[i].name, name) == 0)
+			return true;
+	if (!add)
+		return false;
+	s->v[i].r = r;
+	s->v[i].name = name;
+	if (++s->n * 2 > s->mask) {
+		struct pairset g = { xcalloc(2 * (s->mask + 1), sizeof(*g.v)),
+		    2 * s->mask + 1, 0 };
+
+		for (size_t k = 0; k <= s->mask; k++)
+			if (s->v[k].r != NULL)
+				(void)pairset_find(&g, s->v[k].r, s->v[k].name,
+				    true);
+		free(s->v);
+		*s = g;
+	}
+	return false;
+}
+
+/* The ext_ids pt sends: added to s (add), or whether one is there. */
+static bool
+part_exts(struct pairset *s, const struct feed_part *pt, bool add)
+{
+	const struct feed_req *r = pt->r;
+	int p = (int)(pt - r->parts);
+
+	for (size_t i = 0; i < r->n; i++) {
+		const struct feed_res *it = &r->res[i];
+
+		if (it->sql_ord == 0 || it->part != p)
+			continue;
+		if (pairset_find(s, r, it->ext_id, add) && !add)
 			return true;
 	}
+	return false;
 }
 
-/* A task type's items in a group, for the choice of lanes. */
+/* A task type's items in a look at the queue, for the choice of lanes. */
 struct lane_load {
 	const char *tt;
 	size_t items;
@@ -1055,48 +1048,32 @@ load_find(struct lane_load *t, size_t *nt, size_t *ix, size_t mask,
 }
 
 /*
- * Shares g's parts still to do among at most max_lanes lanes by task type:
- * the types with most items first, each to the lane with fewest items so
- * far, since the lanes' transactions run side by side and the group ends
- * with the slowest.  A part of refusals only has no task type and takes
- * no lane of its own: it goes with the lightest.  Sets each part's lane;
- * returns the number of lanes (0 only when nothing is left to do).
+ * Shares the parts taken among at most max_lanes transactions by task
+ * type: the types with most items first, each to the lane with fewest
+ * items so far, since the transactions run side by side.  A part of
+ * refusals only has no task type and takes no lane of its own: it goes
+ * with the lightest.  Sets each part's lane; returns the number of lanes.
  */
 static int
-group_lanes(struct feed_group *g, int max_lanes)
+parts_lanes(struct feed_part **sel, size_t nsel, int max_lanes)
 {
-	size_t nparts = 0, nt = 0, slots = 16, loads[FEED_LANES_MAX] = { 0 };
+	size_t nt = 0, slots = 16, loads[FEED_LANES_MAX] = { 0 };
 	struct lane_load *t, **by;
 	size_t *ix;
 	int lanes, lightest = 0;
-	bool any = false;
 
 	if (max_lanes < 1)
 		max_lanes = 1;
 	if (max_lanes > FEED_LANES_MAX)
 		max_lanes = FEED_LANES_MAX;
-	for (size_t j = 0; j < g->n; j++)
-		nparts += g->reqs[j]->nparts;
-	while (slots < 2 * nparts)
+	while (slots < 2 * nsel)
 		slots *= 2;
-	t = xcalloc(nparts ? nparts : 1, sizeof(*t));
+	t = xcalloc(nsel ? nsel : 1, sizeof(*t));
 	ix = xcalloc(slots, sizeof(*ix));
-	for (size_t j = 0; j < g->n; j++)
-		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
-			const struct feed_part *pt = &g->reqs[j]->parts[p];
-
-			if (pt->done)
-				continue;
-			any = true;
-			if (pt->tt[0] != '\0')
-				load_find(t, &nt, ix, slots - 1, pt->tt)->items +=
-				    pt->n_sql + pt->n_rej;
-		}
-	if (!any) {
-		free(ix);
-		free(t);
-		return 0;
-	}
+	for (size_t j = 0; j < nsel; j++)
+		if (sel[j]->tt[0] != '\0')
+			load_find(t, &nt, ix, slots - 1, sel[j]->tt)->items +=
+			    sel[j]->n_sql + sel[j]->n_rej;
 	/* Sorted by reference, so that ix still finds each type in t. */
 	by = xcalloc(nt ? nt : 1, sizeof(*by));
 	for (size_t k = 0; k < nt; k++)
@@ -1118,157 +1095,179 @@ group_lanes(struct feed_group *g, int max_lanes)
 	for (int l = 1; l < lanes; l++)
 		if (loads[l] < loads[lightest])
 			lightest = l;
-	for (size_t j = 0; j < g->n; j++)
-		for (size_t p = 0; p < g->reqs[j]->nparts; p++) {
-			struct feed_part *pt = &g->reqs[j]->parts[p];
-
-			if (pt->done)
-				continue;
-			pt->lane = pt->tt[0] == '\0' ? lightest :
-			    load_find(t, &nt, ix, slots - 1, pt->tt)->lane;
-		}
+	for (size_t j = 0; j < nsel; j++)
+		sel[j]->lane = sel[j]->tt[0] == '\0' ? lightest :
+		    load_find(t, &nt, ix, slots - 1, sel[j]->tt)->lane;
 	free(ix);
 	free(t);
 	return lanes;
 }
 
+/* Sends t, in flight from now on; a transaction that cannot be sent is
+ * answered at once (the caller's loop starts the next ones: no recursion
+ * here). */
+static void
+txn_submit(struct feed_txn *t)
+{
+	struct db_batch *b;
+
+	t->started = mono_ms();
+	TAILQ_INSERT_TAIL(&fq.inflight, t, entry);
+	for (size_t i = 0; i < t->n; i++) {
+		t->parts[i]->state = PART_INFLIGHT;
+		mergekeys_set_add(&fq.inflight_keys, &t->parts[i]->keys);
+	}
+	if (t->solo)
+		fq.solo_inflight++;
+	if (gridd.db != NULL) {
+		b = db_batch_new();
+		txn_statement(t, b);
+		if (db_batch_submit(gridd.db, b, lane_cb, t)) {
+			fq.ninflight++;
+			fq.lane_txns++;
+			return;
+		}
+	}
+	/* Never sent: no sqlstate, so answered UNAVAILABLE. */
+	fq.db_failures++;
+	txn_unlink(t);
+	for (size_t i = 0; i < t->n; i++)
+		part_fail(t->parts[i], NULL);
+	txn_end(t);
+}
+
+/* pt leaves the queue for a transaction. */
+static void
+part_take(struct feed_part *pt)
+{
+	TAILQ_REMOVE(&fq.queue, pt, entry);
+	fq.queued_items -= pt->weight;
+}
+
 /*
- * Starts one group (its lane transactions); false when nothing could
- * start.  Pushes of one source are applied in the order they came: a
- * request waits while its source has a group in flight, or an earlier
- * request of its source waits (so merges follow the source's own order,
- * and no two transactions race for one (source, ext_id)).  Requests of
- * other sources behind it may go, up to FEED_SCAN_MAX looked at.  While
- * groups are in flight, a request whose merge tiles meet theirs waits too,
- * its source behind it, and its tiles are kept for it against the requests
- * behind it (up to FEED_SCAN_KEYS_MAX keys looked at).  A request retried
- * alone after its group failed runs with no other request beside it (its
- * own lanes side by side), so that whatever it meets (a conflict with
- * another process) is its own.
+ * Starts transactions for the connections free; false when nothing could
+ * start.  The queue holds parts in the order their pushes came.  One
+ * source's pushes of a task type are applied in that order: a part waits
+ * while a part of its source and task type is in flight or waits ahead of
+ * it (so merges follow the source's own order).  A part that sends an
+ * ext_id which an earlier push of its source, in flight, waiting or taken
+ * now, sends too waits for it (it reads DUPLICATE after it: no two
+ * transactions race for one (source, ext_id)).  A part whose merge tiles
+ * meet those of the transactions in flight waits, and its tiles are kept
+ * for it against the parts behind it (it would only wait for the locks in
+ * the database, holding a connection).  Other parts pass the waiting ones,
+ * up to FEED_SCAN_MAX looked at and FEED_SCAN_KEYS_MAX keys and items
+ * hashed.  The parts taken, up to group_commit_max_items, are shared among
+ * the free connections by task type.  A part retried alone after its
+ * transaction failed runs with nothing beside it, so that whatever it
+ * meets (a conflict with another process) is its own.
  */
 static bool
 feed_start(void)
 {
-	struct feed_group *g, *f;
-	struct feed_req *r, *next;
-	struct db_batch *b;
-	struct srcset blocked;
-	struct mergekeys_set reserved;	/* tiles of requests held back */
+	struct feed_part *pt, *next, **sel;
+	struct feed_txn *f, **txns;
+	struct pairset waiting, exts;
+	struct mergekeys_set reserved;	/* tiles of parts held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
-	size_t slots = 64, want = FEED_SCAN_MAX, scanned = 0, keys_seen = 0;
-	int lanes;
+	size_t nsel = 0, weight = 0, items = 0, reqs = 0, scanned = 0;
+	size_t hashed = 0;
+	int room = max_inflight() - fq.ninflight, lanes;
 
-	r = TAILQ_FIRST(&fq.queue);
-	if (r == NULL || fq.solo_inflight > 0 ||
-	    (r->solo && fq.ninflight > 0))
+	pt = TAILQ_FIRST(&fq.queue);
+	if (pt == NULL || room < 1 || fq.solo_inflight > 0 ||
+	    (pt->solo && fq.ninflight > 0))
 		return false;
-	g = xcalloc(1, sizeof(*g));
-	g->ends = xcalloc(FEED_LANES_MAX, sizeof(*g->ends));
-	if (r->solo) {
-		TAILQ_REMOVE(&fq.queue, r, entry);
-		fq.queued_items -= r->n;
-		g->reqs = xmalloc(sizeof(*g->reqs));
-		g->reqs[g->n++] = r;
-		g->items = req_items_to_do(r);
-		g->weight = r->n;
-		g->solo = true;
+	sel = xcalloc(FEED_SCAN_MAX, sizeof(*sel));
+	fq.stamp++;
+	if (pt->solo) {
+		part_take(pt);
+		sel[nsel++] = pt;
+		items = pt->n_sql;
+		reqs = 1;
 	} else {
-		TAILQ_FOREACH(f, &fq.inflight, entry)
-			want += f->n;
-		while (slots < 2 * want)
-			slots *= 2;
-		blocked.mask = slots - 1;
-		blocked.v = xcalloc(slots, sizeof(*blocked.v));
+		pairset_init(&waiting);
+		pairset_init(&exts);
 		mergekeys_set_init(&reserved);
 		TAILQ_FOREACH(f, &fq.inflight, entry)
-			for (size_t i = 0; i < f->n; i++)
-				(void)srcset_find(&blocked, f->reqs[i], true);
-		for (r = TAILQ_FIRST(&fq.queue); r != NULL &&
-		    scanned < FEED_SCAN_MAX; r = next, scanned++) {
-			next = TAILQ_NEXT(r, entry);
-			if (r->solo)
-				break;
-			if (srcset_find(&blocked, r, false))
-				continue;
-			if (fq.ninflight > 0) {
-				keys_seen += mergekeys_count(&r->keys);
-				if (keys_seen > FEED_SCAN_KEYS_MAX)
-					break;
+			for (size_t i = 0; i < f->n; i++) {
+				(void)pairset_find(&waiting, f->parts[i]->r,
+				    f->parts[i]->tt, true);
+				(void)part_exts(&exts, f->parts[i], true);
 			}
-			if (mergekeys_set_meets(&fq.inflight_keys, &r->keys) ||
-			    mergekeys_set_meets(&reserved, &r->keys)) {
-				/* It would wait in the SQL: next time, and its
-				 * tiles are kept for it meanwhile. */
-				if (!r->tile_waited) {
-					r->tile_waited = true;
+		for (; pt != NULL && scanned < FEED_SCAN_MAX; pt = next,
+		    scanned++) {
+			next = TAILQ_NEXT(pt, entry);
+			if (pt->solo)
+				break;
+			hashed += mergekeys_count(&pt->keys) + pt->n_sql;
+			if (scanned > 0 && hashed > FEED_SCAN_KEYS_MAX)
+				break;
+			if (pairset_find(&waiting, pt->r, pt->tt, false))
+				goto held;
+			if (mergekeys_set_meets(&fq.inflight_keys, &pt->keys) ||
+			    mergekeys_set_meets(&reserved, &pt->keys)) {
+				/* It would wait in the SQL: next time, and
+				 * its tiles are kept for it meanwhile. */
+				if (!pt->tile_waited) {
+					pt->tile_waited = true;
 					fq.tile_waits++;
 				}
-				(void)srcset_find(&blocked, r, true);
-				mergekeys_set_add(&reserved, &r->keys);
-				continue;
+				mergekeys_set_add(&reserved, &pt->keys);
+				goto held;
 			}
-			if (g->n > 0 && g->weight + r->n > cap)
+			if (nsel > 0 && weight + pt->weight > cap)
 				break;
-			if (group_overlaps(g, r)) {
-				/* It reads DUPLICATE in the next one. */
-				(void)srcset_find(&blocked, r, true);
-				continue;
+			if (part_exts(&exts, pt, false))
+				goto held;	/* DUPLICATE, next time */
+			part_take(pt);
+			sel[nsel++] = pt;
+			weight += pt->weight;
+			items += pt->n_sql;
+			if (pt->r->stamp != fq.stamp) {
+				pt->r->stamp = fq.stamp;
+				reqs++;
 			}
-			TAILQ_REMOVE(&fq.queue, r, entry);
-			fq.queued_items -= r->n;
-			g->reqs = xreallocarray(g->reqs, g->n + 1,
-			    sizeof(*g->reqs));
-			g->reqs[g->n++] = r;
-			g->items += req_items_to_do(r);
-			g->weight += r->n;
+			(void)part_exts(&exts, pt, true);
+			continue;
+held:
+			(void)pairset_find(&waiting, pt->r, pt->tt, true);
+			(void)part_exts(&exts, pt, true);
 		}
-		free(blocked.v);
+		free(waiting.v);
+		free(exts.v);
 		mergekeys_set_free(&reserved);
-		if (g->n == 0) {
-			group_free(g);
+		if (nsel == 0) {
+			free(sel);
 			return false;
 		}
 	}
-	lanes = group_lanes(g, max_inflight() - fq.ninflight);
-	g->started = mono_ms();
-	g->pending = lanes;
-	fq.groups++;
-	size_observe(&fq.group_reqs, (double)g->n);
-	size_observe(&fq.group_items, (double)g->items);
-	TAILQ_INSERT_TAIL(&fq.inflight, g, entry);
-	for (size_t i = 0; i < g->n; i++)
-		mergekeys_set_add(&fq.inflight_keys, &g->reqs[i]->keys);
-	if (g->solo)
-		fq.solo_inflight++;
-	for (int lane = 0; lane < lanes; lane++) {
-		struct feed_lane *fl;
-
-		if (gridd.db == NULL) {
-			fq.db_failures++;
-			g->pending--;
+	lanes = parts_lanes(sel, nsel, room);
+	size_observe(&fq.group_reqs, (double)reqs);
+	size_observe(&fq.group_items, (double)items);
+	/* Every transaction is made before any is sent: one that cannot be
+	 * sent is answered at once, and a request is freed with its last
+	 * part, which is never one still to be sent. */
+	txns = xcalloc((size_t)lanes, sizeof(*txns));
+	for (int l = 0; l < lanes; l++) {
+		txns[l] = xcalloc(1, sizeof(**txns));
+		txns[l]->parts = xcalloc(nsel, sizeof(*txns[l]->parts));
+		txns[l]->solo = sel[0]->solo;
+	}
+	for (size_t j = 0; j < nsel; j++) {
+		f = txns[sel[j]->lane];
+		f->parts[f->n++] = sel[j];
+	}
+	free(sel);
+	for (int l = 0; l < lanes; l++) {
+		if (txns[l]->n == 0) {
+			free(txns[l]->parts);
+			free(txns[l]);
 			continue;
 		}
-		b = db_batch_new();
-		group_statement(g, lane, b);
-		fl = xmalloc(sizeof(*fl));
-		fl->g = g;
-		fl->lane = lane;
-		if (!db_batch_submit(gridd.db, b, lane_cb, fl)) {
-			/* Never sent: no sqlstate, so answered UNAVAILABLE. */
-			free(fl);
-			fq.db_failures++;
-			g->pending--;
-			continue;
-		}
-		fq.ninflight++;
-		fq.lane_txns++;
+		txn_submit(txns[l]);
 	}
-	/* Refused at once: answered, and the next requests may try (the
-	 * caller's loop starts them: no recursion here). */
-	if (g->pending == 0) {
-		group_release(g);
-		group_answer(g);
-	}
+	free(txns);
 	return true;
 }
 
@@ -1484,11 +1483,11 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 		 * takes no part in merges. */
 		if (cfg->merge_radius_m > 0 && cfg->merge_window_s > 0) {
 			if (it.has_point)
-				mergekeys_add_point(&r->keys,
+				mergekeys_add_point(&r->parts[pi].keys,
 				    d.task_type->name, it.lon, it.lat,
 				    cfg->merge_radius_m);
 			else if (it.dept_code == NULL)
-				mergekeys_add_type(&r->keys,
+				mergekeys_add_type(&r->parts[pi].keys,
 				    d.task_type->name);
 		}
 		if (!it.has_point)
@@ -1545,19 +1544,30 @@ feed_submit(struct conn *c, uint64_t request_id, bool from_worker,
 			free(rej.a[k].p);
 	free(par);
 	free(ptt);
-	mergekeys_finish(&r->keys);
 	size_observe(&fq.batch_items, (double)n);
 
-	if (n == 0) {
+	if (r->nparts == 0) {
 		/* Nothing to store: the empty answer is already durable. */
 		req_answer(r);
 		req_free(r);
 		return;
 	}
-	/* Every item counts, refused ones too: a client pipelining pushes
-	 * that are all refused still fills the queue and the statement. */
-	TAILQ_INSERT_TAIL(&fq.queue, r, entry);
-	fq.queued_items += r->n;
+	/* Every item counts, refused ones and repeats too: a client
+	 * pipelining pushes that are all refused still fills the queue and
+	 * the statement.  The parts are linked only now: r->parts no longer
+	 * moves. */
+	r->nleft = r->nparts;
+	for (size_t p = 0; p < r->nparts; p++) {
+		struct feed_part *pt = &r->parts[p];
+
+		pt->r = r;
+		pt->state = PART_QUEUED;
+		pt->weight = pt->n_sql + pt->n_rej +
+		    (p == 0 ? r->n - r->n_sql - r->n_rej : 0);
+		mergekeys_finish(&pt->keys);
+		TAILQ_INSERT_TAIL(&fq.queue, pt, entry);
+		fq.queued_items += pt->weight;
+	}
 	feed_flush();
 }
 
@@ -1630,10 +1640,11 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Incidents per PushIncidents or ReportIncident request.");
 	size_hist_write(out, "gridd_push_batch_items", &fq.batch_items);
 	metrics_family(out, "gridd_push_group_requests", "histogram",
-	    "Requests combined into one ingest transaction (group commit).");
+	    "Requests with parts in the ingest transactions started together "
+	    "(group commit).");
 	size_hist_write(out, "gridd_push_group_requests", &fq.group_reqs);
 	metrics_family(out, "gridd_push_group_items", "histogram",
-	    "Incidents per group commit (its lane transactions together).");
+	    "Incidents per group commit (the transactions started together).");
 	size_hist_write(out, "gridd_push_group_items", &fq.group_items);
 	metrics_family(out, "gridd_push_commit_seconds", "histogram",
 	    "Ingest transaction time from submission to commit.");
@@ -1648,18 +1659,18 @@ feed_metrics_cb(struct evbuffer *out)
 	metrics_sample(out, "gridd_push_transactions_in_flight", NULL,
 	    (double)fq.ninflight);
 	metrics_family(out, "gridd_push_lane_transactions_total", "counter",
-	    "Ingest transactions sent: a group commit's items go as one "
-	    "transaction per lane, a lane's task types apart from the "
+	    "Ingest transactions sent: the parts a group commit takes go as "
+	    "one transaction per lane, a lane's task types apart from the "
 	    "others'.");
 	metrics_sample(out, "gridd_push_lane_transactions_total", NULL,
 	    (double)fq.lane_txns);
 	metrics_family(out, "gridd_push_group_retries_total", "counter",
-	    "Ingest transactions rolled back and retried request by request.");
+	    "Ingest transactions rolled back and retried part by part.");
 	metrics_sample(out, "gridd_push_group_retries_total", NULL,
 	    (double)fq.group_retries);
 	metrics_family(out, "gridd_push_tile_waits_total", "counter",
-	    "Pushes held back from a transaction beside those in flight "
-	    "because they could merge with their items.");
+	    "Parts of pushes held back from a transaction beside those in "
+	    "flight because they could merge with their items.");
 	metrics_sample(out, "gridd_push_tile_waits_total", NULL,
 	    (double)fq.tile_waits);
 	metrics_family(out, "gridd_push_refused_total", "counter",
@@ -1681,13 +1692,15 @@ feed_init(void)
 void
 feed_shutdown(void)
 {
-	struct feed_req *r;
+	struct feed_part *pt;
 
-	while ((r = TAILQ_FIRST(&fq.queue)) != NULL) {
-		TAILQ_REMOVE(&fq.queue, r, entry);
-		req_fail(r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
-		    "shutting down");
-		req_free(r);
+	/* The pool is gone: what was in flight has failed, and the parts
+	 * that those failures started were refused at once. */
+	while ((pt = TAILQ_FIRST(&fq.queue)) != NULL) {
+		part_take(pt);
+		part_fail(pt, NULL);
+		if (--pt->r->nleft == 0)
+			req_finish(pt->r);
 	}
 	fq.queued_items = 0;
 	mergekeys_set_free(&fq.inflight_keys);

@@ -364,8 +364,9 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
     committed items answer as they were stored, not DUPLICATE; a statement
     the server refuses for its data fails the push, and the message says
     that part of it was stored. A lane whose connection dies may have
-    committed: its push is answered UNAVAILABLE and nothing of it is sent
-    again, whatever the other lane met."""
+    committed: its push is answered UNAVAILABLE, and from then on nothing
+    of it is sent again (here the other lane's conflict comes after the
+    death, and is not retried)."""
     c, _ = dept_client("civil")
     lon, lat = spot(13, 6)
     sql("CREATE SEQUENCE lane_fail_seq;"
@@ -375,7 +376,7 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
         "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
         "  IF NEW.ext_id LIKE 'lf-bad-%' THEN"
         "   RAISE EXCEPTION 'lane test: bad item'; END IF;"
-        "  IF NEW.ext_id LIKE 'lf-conflict-%' THEN"
+        "  IF NEW.ext_id LIKE 'lf-conflict-%' THEN PERFORM pg_sleep(0.5);"
         "   RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
         "  IF NEW.ext_id LIKE 'lf-die-%' THEN"
         "   PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
@@ -863,6 +864,57 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
     assert stored(r3[0]), r3
     for c in (civil, urban, admin, worker):
         c.close()
+
+
+def test_a_stalled_task_type_does_not_hold_back_the_others():
+    """The queue holds a push's parts (one per task type), not the push: a
+    part goes as soon as nothing in flight could make it wait. One
+    department pushes an elderly visit and a neighbour dispute; the visit's
+    transaction waits in the database for its merge tiles. The
+    department's next pushes of disputes (the same spot, a repeat of the
+    first push's dispute) go meanwhile and are answered; the next visit
+    there waits behind the first, in the department's order. The first
+    push is answered whole once its visit is stored."""
+    civil, _ = dept_client("civil")
+    x, y = spot(4, 15)
+    with held_merge_tiles("elderly_visit", x, y):
+        first = civil.envelope("push_incidents", incidents=[
+            item("stall-visit", "MZ01", x, y),
+            item("stall-dispute", "MZ03", x, y)])
+        civil.send(first)
+        wait_for(lambda: merge_lock_waiters() == 1, "the visit to wait")
+        wait_for(lambda: sql1(
+            "SELECT count(*) FROM incident_sources WHERE source_id ="
+            " 'civil' AND ext_id = 'stall-dispute'") == "1",
+            "the first push's dispute to be stored")
+        # Disputes: answered while the visit waits; the repeat reads the
+        # stored dispute.
+        later = push(civil, [item("stall-dispute-2", "MZ03", x,
+                                  y + 10 * M_LAT),
+                             item("stall-dispute", "MZ03", x, y)],
+                     timeout=10)
+        assert_outcome(later[0], "MERGED")
+        assert_outcome(later[1], "DUPLICATE")
+        # A visit of the same department waits for the first one.
+        visit = civil.envelope("push_incidents", incidents=[
+            item("stall-visit-2", "MZ01", x + 5 * M_LON, y)])
+        civil.send(visit)
+        time.sleep(0.5)
+        assert merge_lock_waiters() == 1, "the second visit ran beside"
+        assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id"
+                    " LIKE 'stall-visit%'") == "0"
+    r1 = list(expect_body(civil.wait_reply(first.request_id),
+                          "push_incidents_reply").results)
+    r2 = list(expect_body(civil.wait_reply(visit.request_id),
+                          "push_incidents_reply").results)
+    assert_outcome(r1[0], "ACCEPTED")
+    assert_outcome(r1[1], "ACCEPTED")
+    assert later[0].incident_id == r1[1].incident_id
+    assert later[1].incident_id == r1[1].incident_id
+    # After the first visit, and merged into it.
+    assert_outcome(r2[0], "MERGED")
+    assert r2[0].incident_id == r1[0].incident_id
+    civil.close()
 
 
 def test_throughput_with_concurrent_pushers():
