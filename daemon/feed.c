@@ -7,10 +7,11 @@
  * the department's crosswalk, the four lists), folds repeats of an ext_id
  * within the request onto their first occurrence, and turns the survivors
  * into parallel arrays.  Points are located in memory (locate.c, with
- * the current cells that cellcache.c loads from PostGIS).  One gridd_feed_push() call
- * (003_feed.sql) then deduplicates, merges, creates, emits events, arms SLA
- * timers and notifies dispatch, set-based, for every request of the
- * transaction at once.
+ * the current cells that cellcache.c loads from PostGIS).  One
+ * gridd_feed_push() call (003_feed.sql, 012_push_fixed_cost.sql) then
+ * deduplicates, merges, creates, emits events, arms SLA timers and
+ * notifies dispatch, set-based, for every request of the transaction at
+ * once.
  *
  * Group commit.  Items of two task types never merge, so they never take
  * each other's merge locks either.  A push is therefore split into parts,
@@ -24,14 +25,16 @@
  * most items first, each to the lane with fewest so far: each lane is one
  * statement in a transaction of its own (BEGIN, the call, COMMIT), and the
  * lanes run side by side, on a core each, where one transaction would use
- * one.  Up to group_commit_parallel transactions are in flight.  A
- * request is answered when every one of its parts has committed.
+ * one.  Up to group_commit_parallel transactions are in flight (and at
+ * most database.pool_size - 1).  A request is answered when every one of
+ * its parts has committed.
  *
  * Parts, not pushes, wait.  A part waits only for what could make it
  * wait in the database or break an order: when a transaction ends, its
  * connection takes the next parts at once, whatever became of the other
  * transactions, so a task type whose transaction is slow (a large batch,
- * merge locks held by another process) holds back its own task type only.
+ * merge locks held by another process) holds back its own task type only
+ * (as far as one look at the queue reaches: FEED_SCAN_MAX parts).
  * A part whose merge tiles (mergekeys.c) meet those of a transaction in
  * flight waits for the next look at the queue, and so do the parts behind
  * it that meet its tiles, so that it is not overtaken for ever: it would
@@ -126,7 +129,7 @@ static const char feed_sql[] =
     " $28::text[], $29::text[], $30::text[], $31::text[],"
     " $32::float8[], $33::float8[])";
 
-/* A request retried alone that still meets a deadlock, a serialisation
+/* A part retried alone that still meets a deadlock, a serialisation
  * failure or a unique violation (another process storing the same ext_id
  * at the same moment) goes again this many times; the retry then sees the
  * other transaction's rows and answers DUPLICATE or MERGED. */
@@ -139,8 +142,10 @@ static const char feed_sql[] =
 /* Lanes of one look at the queue at most: group_commit_parallel's bound. */
 #define FEED_LANES_MAX 16
 
-/* Merge-tile keys and ext_ids of queued parts hashed in one look at the
- * queue: a backlog of large pushes costs each look at most this much. */
+/* Merge-tile keys and items of queued parts hashed in one look at the
+ * queue (besides the ext_ids of the parts in flight, at most
+ * group_commit_max_items for each): a backlog of large pushes costs each
+ * look at most this much. */
 #define FEED_SCAN_KEYS_MAX 65536
 
 /* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
@@ -231,6 +236,7 @@ struct feed_part {
 	struct mergekeys keys;	/* the merge tiles its items will lock */
 	enum part_state state;
 	bool solo;		/* retried alone after its transaction failed */
+	bool requeued;		/* ...just now, by the transaction ending */
 	bool tile_waited;	/* held back for them once (counted) */
 	int retries;		/* alone, after a conflict with another process */
 	int lane;		/* while a look at the queue shares parts out */
@@ -243,9 +249,9 @@ struct feed_req {
 	uint64_t request_id;
 	bool from_worker;
 	char source[CONN_PRINCIPAL_MAX + 1];
-	size_t n;		/* items in the request: its weight in the
-				 * queue and in a transaction, since refusals
-				 * are recorded by the same statement */
+	size_t n;		/* items in the request: its parts' weights
+				 * add up to it, since refusals are recorded
+				 * by the same statement */
 	size_t n_sql;		/* items sent to the SQL, in all its parts */
 	size_t n_rej;		/* refusals recorded (by its first part) */
 	struct feed_part *parts;
@@ -280,7 +286,7 @@ static struct {
 	struct mergekeys_set inflight_keys;	/* their merge tiles */
 	int ninflight;
 	int solo_inflight;		/* transactions retrying one part */
-	uint64_t stamp;			/* looks at the queue that took parts */
+	uint64_t stamp;			/* looks at the queue */
 	uint64_t counts[FC_N];
 	uint64_t lane_txns;		/* transactions sent */
 	uint64_t group_retries;
@@ -701,28 +707,49 @@ req_unknown(const struct feed_req *r)
 	return false;
 }
 
-/* t is over: the requests whose last part it carried are answered, and t
- * is freed.  A request is answered and freed once, by its last part, and
- * only after t is done with its parts (they live in the request). */
-static void
-txn_end(struct feed_txn *t)
+/* Room for the requests that t's parts may finish. */
+static struct feed_req **
+txn_fin(const struct feed_txn *t)
 {
-	struct feed_req **fin = xcalloc(t->n ? t->n : 1, sizeof(*fin));
+	return xcalloc(t->n ? t->n : 1, sizeof(struct feed_req *));
+}
+
+/* The parts pts came to an end (stored or failed), but those that go again
+ * (requeued, cleared here): each request whose last part this was goes
+ * into fin, once.  Returns how many.  Called before anything else can
+ * take a part that goes again, or end one of these requests. */
+static size_t
+parts_end(struct feed_part **pts, size_t n, struct feed_req **fin)
+{
 	size_t nfin = 0;
 
-	for (size_t i = 0; i < t->n; i++) {
-		struct feed_part *pt = t->parts[i];
+	for (size_t i = 0; i < n; i++) {
+		struct feed_part *pt = pts[i];
 
-		if (pt->state == PART_QUEUED)	/* goes again */
+		if (pt->requeued) {
+			pt->requeued = false;
 			continue;
+		}
 		if (--pt->r->nleft == 0)
 			fin[nfin++] = pt->r;
 	}
-	free(t->parts);
-	free(t);
+	return nfin;
+}
+
+/* Answers and frees the requests parts_end found; frees fin. */
+static void
+reqs_finish(struct feed_req **fin, size_t nfin)
+{
 	for (size_t k = 0; k < nfin; k++)
 		req_finish(fin[k]);
 	free(fin);
+}
+
+static void
+txn_free(struct feed_txn *t)
+{
+	free(t->parts);
+	free(t);
 }
 
 /* t leaves the transactions in flight: its tiles are free again. */
@@ -754,7 +781,8 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 {
 	struct feed_txn *t = arg;
 	struct lane_end why = { "", NULL };
-	size_t retried = 0;
+	struct feed_req **fin;
+	size_t retried = 0, nfin = 0;
 
 	fq.ninflight--;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - t->started));
@@ -776,6 +804,7 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				pt->r->broken = true;
 			pt->state = PART_DONE;
 		}
+		nfin = parts_end(t->parts, t->n, fin = txn_fin(t));
 	} else {
 		fq.db_failures++;
 		/* Refused by the server only if it said why, for the
@@ -802,6 +831,7 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				part_fail(pt, &why);
 				continue;
 			}
+			pt->requeued = true;
 			if (t->n == 1)
 				pt->retries++;
 			pt->solo = true;
@@ -815,10 +845,14 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 			    "sqlstate=%s", t->n, why.sqlstate);
 			fq.group_retries++;
 		}
+		nfin = parts_end(t->parts, t->n, fin = txn_fin(t));
 	}
 	free(why.error);
+	txn_free(t);
+	/* The next transactions go out before the replies are built; the
+	 * parts that went again may be among them, and are no longer t's. */
 	feed_flush();
-	txn_end(t);
+	reqs_finish(fin, nfin);
 }
 
 /* The item of r sending this ext_id, or -1; with add, idx is recorded when
@@ -1110,6 +1144,8 @@ static void
 txn_submit(struct feed_txn *t)
 {
 	struct db_batch *b;
+	struct feed_req **fin;
+	size_t nfin;
 
 	t->started = mono_ms();
 	TAILQ_INSERT_TAIL(&fq.inflight, t, entry);
@@ -1133,7 +1169,10 @@ txn_submit(struct feed_txn *t)
 	txn_unlink(t);
 	for (size_t i = 0; i < t->n; i++)
 		part_fail(t->parts[i], NULL);
-	txn_end(t);
+	fin = txn_fin(t);
+	nfin = parts_end(t->parts, t->n, fin);
+	txn_free(t);
+	reqs_finish(fin, nfin);
 }
 
 /* pt leaves the queue for a transaction. */
@@ -1165,13 +1204,14 @@ part_take(struct feed_part *pt)
 static bool
 feed_start(void)
 {
-	struct feed_part *pt, *next, **sel;
+	struct feed_part *pt, *next, **sel, **doomed;
+	struct feed_req **fin;
 	struct feed_txn *f, **txns;
 	struct pairset waiting, exts;
 	struct mergekeys_set reserved;	/* tiles of parts held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t nsel = 0, weight = 0, items = 0, reqs = 0, scanned = 0;
-	size_t hashed = 0;
+	size_t hashed = 0, ndoomed = 0, nfin;
 	int room = max_inflight() - fq.ninflight, lanes;
 
 	pt = TAILQ_FIRST(&fq.queue);
@@ -1179,12 +1219,18 @@ feed_start(void)
 	    (pt->solo && fq.ninflight > 0))
 		return false;
 	sel = xcalloc(FEED_SCAN_MAX, sizeof(*sel));
+	doomed = xcalloc(FEED_SCAN_MAX, sizeof(*doomed));
 	fq.stamp++;
 	if (pt->solo) {
 		part_take(pt);
-		sel[nsel++] = pt;
-		items = pt->n_sql;
-		reqs = 1;
+		if (req_unknown(pt->r)) {
+			part_fail(pt, NULL);
+			doomed[ndoomed++] = pt;
+		} else {
+			sel[nsel++] = pt;
+			items = pt->n_sql;
+			reqs = 1;
+		}
 	} else {
 		pairset_init(&waiting);
 		pairset_init(&exts);
@@ -1200,6 +1246,14 @@ feed_start(void)
 			next = TAILQ_NEXT(pt, entry);
 			if (pt->solo)
 				break;
+			if (req_unknown(pt->r)) {
+				/* Its request fails UNAVAILABLE whatever this
+				 * part meets: it is not sent. */
+				part_take(pt);
+				part_fail(pt, NULL);
+				doomed[ndoomed++] = pt;
+				continue;
+			}
 			hashed += mergekeys_count(&pt->keys) + pt->n_sql;
 			if (scanned > 0 && hashed > FEED_SCAN_KEYS_MAX)
 				break;
@@ -1237,10 +1291,16 @@ held:
 		free(waiting.v);
 		free(exts.v);
 		mergekeys_set_free(&reserved);
-		if (nsel == 0) {
-			free(sel);
-			return false;
-		}
+	}
+	/* The requests of parts not sent are answered last: none of them
+	 * has a part in the transactions below. */
+	fin = xcalloc(ndoomed ? ndoomed : 1, sizeof(*fin));
+	nfin = parts_end(doomed, ndoomed, fin);
+	free(doomed);
+	if (nsel == 0) {
+		free(sel);
+		reqs_finish(fin, nfin);
+		return ndoomed > 0;
 	}
 	lanes = parts_lanes(sel, nsel, room);
 	size_observe(&fq.group_reqs, (double)reqs);
@@ -1268,6 +1328,7 @@ held:
 		txn_submit(txns[l]);
 	}
 	free(txns);
+	reqs_finish(fin, nfin);
 	return true;
 }
 

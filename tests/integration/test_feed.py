@@ -364,15 +364,19 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
     committed items answer as they were stored, not DUPLICATE; a statement
     the server refuses for its data fails the push, and the message says
     that part of it was stored. A lane whose connection dies may have
-    committed: its push is answered UNAVAILABLE, and from then on nothing
-    of it is sent again (here the other lane's conflict comes after the
-    death, and is not retried)."""
+    committed: its push is answered UNAVAILABLE, and from then on none of
+    its parts goes again (here the other lane's conflict comes after the
+    death, and is not retried). A push of one task type whose transaction
+    meets a conflict while nothing else is in flight goes again and is
+    answered as it was stored."""
     c, _ = dept_client("civil")
     lon, lat = spot(13, 6)
     sql("CREATE SEQUENCE lane_fail_seq;"
         " CREATE FUNCTION lane_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
         " BEGIN"
         "  IF NEW.ext_id LIKE 'lf-flaky-%' AND nextval('lane_fail_seq') = 1"
+        "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
+        "  IF NEW.ext_id LIKE 'lf-once-%' AND nextval('lane_fail_seq') = 4"
         "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
         "  IF NEW.ext_id LIKE 'lf-bad-%' THEN"
         "   RAISE EXCEPTION 'lane test: bad item'; END IF;"
@@ -394,6 +398,16 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
                       "gridd_push_group_retries_total") == retries0 + 1
         assert sql1("SELECT nextval('lane_fail_seq')") == "3", \
             "the flaky lane did not go again"
+        # Alone in flight: the transaction that failed is over before
+        # its part goes again, and the push waits for the second go.
+        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
+        once = push(c, [item("lf-once-1", "MZ01", lon - 0.002, lat)])
+        assert_outcome(once[0], "ACCEPTED")
+        assert once[0].incident_id > 0, once
+        assert metric(_cfg.http_port,
+                      "gridd_push_group_retries_total") == retries0 + 1
+        assert sql1("SELECT nextval('lane_fail_seq')") == "6", \
+            "the push of one task type did not go again"
         rep = c.request("push_incidents", incidents=[
             item("lf-bad-1", "MZ01", lon + 0.002, lat),
             item("lf-ok-2", "MZ03", lon + 0.002, lat)], timeout=30)
@@ -410,7 +424,7 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
         sql("DROP TRIGGER lane_fail ON incident_sources;"
             " DROP FUNCTION lane_fail(); DROP SEQUENCE lane_fail_seq;")
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
-                " ('lf-flaky-1', 'lf-ok-1', 'lf-ok-2')") == "3"
+                " ('lf-flaky-1', 'lf-ok-1', 'lf-ok-2', 'lf-once-1')") == "4"
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id LIKE"
                 " 'lf-conflict-%' OR ext_id LIKE 'lf-die-%'") == "0"
     # Pushed again: what was stored answers DUPLICATE with its incident.
