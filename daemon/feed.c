@@ -142,10 +142,9 @@ static const char feed_sql[] =
 /* Lanes of one look at the queue at most: group_commit_parallel's bound. */
 #define FEED_LANES_MAX 16
 
-/* Merge-tile keys and items of queued parts hashed in one look at the
- * queue (besides the ext_ids of the parts in flight, at most
- * group_commit_max_items for each): a backlog of large pushes costs each
- * look at most this much. */
+/* Merge-tile keys of queued parts and ext_id lookups made in one look at
+ * the queue: a backlog of large pushes costs each look at most this much
+ * hashing (a part that waits behind its source's costs none). */
 #define FEED_SCAN_KEYS_MAX 65536
 
 /* Outcome counters: accepted, merged, duplicate, then rejected by reason. */
@@ -696,7 +695,9 @@ req_finish(struct feed_req *r)
 }
 
 /* Whether a part of r may have committed without an answer: r fails
- * UNAVAILABLE whatever its other parts meet, so none of them goes again. */
+ * UNAVAILABLE whatever its other parts meet, so none of them goes again,
+ * nor leaves the queue (one already in a transaction made in the same
+ * look at the queue still goes: its answer is not needed). */
 static bool
 req_unknown(const struct feed_req *r)
 {
@@ -969,9 +970,9 @@ max_inflight(void)
 
 /*
  * A set of (source, name) pairs for one look at the queue: the task types
- * of a source whose parts must wait, and the ext_ids that a source's parts
- * in flight, held back or taken send.  Open addressing over the names,
- * which the requests own; grows at half full.
+ * of a source whose parts must wait, and the sources with parts in flight,
+ * held back or taken (name "").  Open addressing over the names, which
+ * the requests own; grows at half full.
  */
 struct pairset {
 	struct pair {
@@ -1027,21 +1028,49 @@ pairset_find(struct pairset *s, const struct feed_req *r, const char *name,
 	return false;
 }
 
-/* The ext_ids pt sends: added to s (add), or whether one is there. */
+/* Whether pt sends an ext_id that q sends too, q a part of another
+ * request of pt's source (a part of it already stored does not count:
+ * pt reads DUPLICATE of it).  *work counts the lookups. */
 static bool
-part_exts(struct pairset *s, const struct feed_part *pt, bool add)
+part_meets_ext(const struct feed_part *pt, const struct feed_part *q,
+    size_t *work)
 {
 	const struct feed_req *r = pt->r;
-	int p = (int)(pt - r->parts);
+	int p = (int)(pt - r->parts), qp = (int)(q - q->r->parts), k;
 
+	if (q->r == r || q->r->from_worker != r->from_worker ||
+	    strcmp(q->r->source, r->source) != 0)
+		return false;
 	for (size_t i = 0; i < r->n; i++) {
-		const struct feed_res *it = &r->res[i];
-
-		if (it->sql_ord == 0 || it->part != p)
+		if (r->res[i].sql_ord == 0 || r->res[i].part != p)
 			continue;
-		if (pairset_find(s, r, it->ext_id, add) && !add)
+		++*work;
+		k = req_ext_find(q->r, r->res[i].ext_id, -1);
+		if (k >= 0 && q->r->res[k].part == qp)
 			return true;
 	}
+	return false;
+}
+
+/* Whether pt sends an ext_id that an earlier push of its source, with a
+ * part in flight, held back or taken in this look, sends too: then pt
+ * reads DUPLICATE after that one is stored, never races it. */
+static bool
+part_ext_waits(const struct feed_part *pt, struct feed_part *const *held,
+    size_t nheld, struct feed_part *const *sel, size_t nsel, size_t *work)
+{
+	const struct feed_txn *f;
+
+	TAILQ_FOREACH(f, &fq.inflight, entry)
+		for (size_t i = 0; i < f->n; i++)
+			if (part_meets_ext(pt, f->parts[i], work))
+				return true;
+	for (size_t i = 0; i < nheld; i++)
+		if (part_meets_ext(pt, held[i], work))
+			return true;
+	for (size_t i = 0; i < nsel; i++)
+		if (part_meets_ext(pt, sel[i], work))
+			return true;
 	return false;
 }
 
@@ -1184,8 +1213,11 @@ part_take(struct feed_part *pt)
 }
 
 /*
- * Starts transactions for the connections free; false when nothing could
- * start.  The queue holds parts in the order their pushes came.  One
+ * Starts transactions for the connections free; false when the queue is
+ * as it was (nothing started, nothing ended).  The queue holds parts in
+ * the order their pushes came.  A part whose request has a part that may
+ * have committed is not sent: it ends here, and its request fails
+ * UNAVAILABLE once its other parts have ended.  One
  * source's pushes of a task type are applied in that order: a part waits
  * while a part of its source and task type is in flight or waits ahead of
  * it (so merges follow the source's own order).  A part that sends an
@@ -1204,14 +1236,14 @@ part_take(struct feed_part *pt)
 static bool
 feed_start(void)
 {
-	struct feed_part *pt, *next, **sel, **doomed;
+	struct feed_part *pt, *next, **sel, **doomed, **held;
 	struct feed_req **fin;
 	struct feed_txn *f, **txns;
-	struct pairset waiting, exts;
+	struct pairset waiting, srcs;
 	struct mergekeys_set reserved;	/* tiles of parts held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t nsel = 0, weight = 0, items = 0, reqs = 0, scanned = 0;
-	size_t hashed = 0, ndoomed = 0, nfin;
+	size_t hashed = 0, ndoomed = 0, nheld = 0, nfin;
 	int room = max_inflight() - fq.ninflight, lanes;
 
 	pt = TAILQ_FIRST(&fq.queue);
@@ -1220,6 +1252,7 @@ feed_start(void)
 		return false;
 	sel = xcalloc(FEED_SCAN_MAX, sizeof(*sel));
 	doomed = xcalloc(FEED_SCAN_MAX, sizeof(*doomed));
+	held = xcalloc(FEED_SCAN_MAX, sizeof(*held));
 	fq.stamp++;
 	if (pt->solo) {
 		part_take(pt);
@@ -1232,14 +1265,18 @@ feed_start(void)
 			reqs = 1;
 		}
 	} else {
+		/* waiting: (source, task type) pairs whose next part must
+		 * wait; srcs: sources with a part in flight, held back or
+		 * taken, the only ones whose parts may share an ext_id. */
 		pairset_init(&waiting);
-		pairset_init(&exts);
+		pairset_init(&srcs);
 		mergekeys_set_init(&reserved);
 		TAILQ_FOREACH(f, &fq.inflight, entry)
 			for (size_t i = 0; i < f->n; i++) {
 				(void)pairset_find(&waiting, f->parts[i]->r,
 				    f->parts[i]->tt, true);
-				(void)part_exts(&exts, f->parts[i], true);
+				(void)pairset_find(&srcs, f->parts[i]->r, "",
+				    true);
 			}
 		for (; pt != NULL && scanned < FEED_SCAN_MAX; pt = next,
 		    scanned++) {
@@ -1254,11 +1291,12 @@ feed_start(void)
 				doomed[ndoomed++] = pt;
 				continue;
 			}
-			hashed += mergekeys_count(&pt->keys) + pt->n_sql;
-			if (scanned > 0 && hashed > FEED_SCAN_KEYS_MAX)
-				break;
+			/* First what costs no hashing of its items. */
 			if (pairset_find(&waiting, pt->r, pt->tt, false))
 				goto held;
+			hashed += mergekeys_count(&pt->keys);
+			if (scanned > 0 && hashed > FEED_SCAN_KEYS_MAX)
+				break;
 			if (mergekeys_set_meets(&fq.inflight_keys, &pt->keys) ||
 			    mergekeys_set_meets(&reserved, &pt->keys)) {
 				/* It would wait in the SQL: next time, and
@@ -1272,7 +1310,8 @@ feed_start(void)
 			}
 			if (nsel > 0 && weight + pt->weight > cap)
 				break;
-			if (part_exts(&exts, pt, false))
+			if (pairset_find(&srcs, pt->r, "", false) &&
+			    part_ext_waits(pt, held, nheld, sel, nsel, &hashed))
 				goto held;	/* DUPLICATE, next time */
 			part_take(pt);
 			sel[nsel++] = pt;
@@ -1282,16 +1321,18 @@ feed_start(void)
 				pt->r->stamp = fq.stamp;
 				reqs++;
 			}
-			(void)part_exts(&exts, pt, true);
+			(void)pairset_find(&srcs, pt->r, "", true);
 			continue;
 held:
 			(void)pairset_find(&waiting, pt->r, pt->tt, true);
-			(void)part_exts(&exts, pt, true);
+			(void)pairset_find(&srcs, pt->r, "", true);
+			held[nheld++] = pt;
 		}
 		free(waiting.v);
-		free(exts.v);
+		free(srcs.v);
 		mergekeys_set_free(&reserved);
 	}
+	free(held);
 	/* The requests of parts not sent are answered last: none of them
 	 * has a part in the transactions below. */
 	fin = xcalloc(ndoomed ? ndoomed : 1, sizeof(*fin));
