@@ -801,6 +801,12 @@ def stored(r):
     return r.outcome in (outcome("ACCEPTED"), outcome("MERGED"))
 
 
+def replied(client, env):
+    """The results of the push env that client sent earlier."""
+    return list(expect_body(client.wait_reply(env.request_id),
+                            "push_incidents_reply").results)
+
+
 def merge_lock_waiters():
     """Sessions of this test's database waiting for a merge lock."""
     return int(sql1("SELECT count(*) FROM pg_locks WHERE locktype ="
@@ -865,12 +871,9 @@ def test_transactions_side_by_side_only_when_merges_cannot_meet():
                                 "gridd_push_tile_waits_total") == waits + 2,
                  "the report held back")
         assert merge_lock_waiters() == 1
-    r1 = list(expect_body(civil.wait_reply(first.request_id),
-                          "push_incidents_reply").results)
-    r2 = list(expect_body(urban.wait_reply(near.request_id),
-                          "push_incidents_reply").results)
-    r3 = list(expect_body(worker.wait_reply(report.request_id),
-                          "push_incidents_reply").results)
+    r1 = replied(civil, first)
+    r2 = replied(urban, near)
+    r3 = replied(worker, report)
     # The second one, after the first, merges into its incident.
     assert_outcome(r1[0], "ACCEPTED")
     assert_outcome(r2[0], "MERGED")
@@ -917,10 +920,8 @@ def test_a_stalled_task_type_does_not_hold_back_the_others():
         assert merge_lock_waiters() == 1, "the second visit ran beside"
         assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id"
                     " LIKE 'stall-visit%'") == "0"
-    r1 = list(expect_body(civil.wait_reply(first.request_id),
-                          "push_incidents_reply").results)
-    r2 = list(expect_body(civil.wait_reply(visit.request_id),
-                          "push_incidents_reply").results)
+    r1 = replied(civil, first)
+    r2 = replied(civil, visit)
     assert_outcome(r1[0], "ACCEPTED")
     assert_outcome(r1[1], "ACCEPTED")
     assert later[0].incident_id == r1[1].incident_id
