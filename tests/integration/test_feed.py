@@ -932,6 +932,48 @@ def test_a_stalled_task_type_does_not_hold_back_the_others():
     civil.close()
 
 
+def test_a_push_that_may_have_committed_sends_no_more_of_its_parts():
+    """A push whose part's connection died may have committed: it fails
+    UNAVAILABLE whatever its other parts would meet, so a part of it still
+    waiting in the queue is never sent. Here the dispute waits behind the
+    department's earlier dispute, itself waiting in the database for merge
+    tiles another session holds, while the visit's transaction dies."""
+    civil, _ = dept_client("civil")
+    x, y = spot(5, 15)
+    sql("CREATE FUNCTION doom_die() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN"
+        "  IF NEW.ext_id LIKE 'doom-die-%' THEN"
+        "   PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
+        "  RETURN NEW;"
+        " END $$;"
+        " CREATE TRIGGER doom_die BEFORE INSERT ON incident_sources"
+        " FOR EACH ROW EXECUTE FUNCTION doom_die();")
+    try:
+        with held_merge_tiles("neighbour_dispute", x, y):
+            first = civil.envelope("push_incidents", incidents=[
+                item("doom-first", "MZ03", x, y)])
+            civil.send(first)
+            wait_for(lambda: merge_lock_waiters() == 1,
+                     "the first dispute to wait")
+            rep = civil.request("push_incidents", incidents=[
+                item("doom-die-1", "MZ01", x, y),
+                item("doom-held-1", "MZ03", x, y)], timeout=10)
+            expect_error(rep, "UNAVAILABLE")
+            assert merge_lock_waiters() == 1
+        r1 = replied(civil, first)
+        assert_outcome(r1[0], "ACCEPTED")
+    finally:
+        sql("DROP TRIGGER doom_die ON incident_sources;"
+            " DROP FUNCTION doom_die();")
+    assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
+                " ('doom-die-1', 'doom-held-1')") == "0"
+    # Pushed again: both go through.
+    again = push(civil, [item("doom-die-1", "MZ01", x, y),
+                         item("doom-held-1", "MZ03", x, y)])
+    assert stored(again[0]) and stored(again[1]), again
+    civil.close()
+
+
 def test_throughput_with_concurrent_pushers():
     """Not a benchmark (gridbench is): a rough figure for the README."""
     conns = [dept_client(d)[0] for d in ("civil", "urban", "civil",
