@@ -371,58 +371,60 @@ def test_a_lane_that_fails_leaves_the_other_lanes_answers():
     answered as it was stored."""
     c, _ = dept_client("civil")
     lon, lat = spot(13, 6)
-    sql("CREATE SEQUENCE lane_fail_seq;"
-        " CREATE FUNCTION lane_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN"
-        "  IF NEW.ext_id LIKE 'lf-flaky-%' AND nextval('lane_fail_seq') = 1"
-        "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
-        "  IF NEW.ext_id LIKE 'lf-once-%' AND nextval('lane_fail_seq') = 4"
-        "  THEN RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
-        "  IF NEW.ext_id LIKE 'lf-bad-%' THEN"
-        "   RAISE EXCEPTION 'lane test: bad item'; END IF;"
-        "  IF NEW.ext_id LIKE 'lf-conflict-%' THEN PERFORM pg_sleep(0.5);"
-        "   RAISE EXCEPTION 'lane test' USING ERRCODE = '40001'; END IF;"
-        "  IF NEW.ext_id LIKE 'lf-die-%' THEN"
-        "   PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
-        "  RETURN NEW;"
-        " END $$;"
-        " CREATE TRIGGER lane_fail BEFORE INSERT ON incident_sources"
-        " FOR EACH ROW EXECUTE FUNCTION lane_fail();")
+    sql("CREATE SEQUENCE lane_fail_seq")
     try:
-        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
-        res = push(c, [item("lf-flaky-1", "MZ01", lon, lat),
-                       item("lf-ok-1", "MZ03", lon, lat)])
-        assert_outcome(res[0], "ACCEPTED")
-        assert_outcome(res[1], "ACCEPTED")
-        assert metric(_cfg.http_port,
-                      "gridd_push_group_retries_total") == retries0 + 1
-        assert sql1("SELECT nextval('lane_fail_seq')") == "3", \
-            "the flaky lane did not go again"
-        # Alone in flight: the transaction that failed is over before
-        # its part goes again, and the push waits for the second go.
-        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
-        once = push(c, [item("lf-once-1", "MZ01", lon - 0.002, lat)])
-        assert_outcome(once[0], "ACCEPTED")
-        assert once[0].incident_id > 0, once
-        assert metric(_cfg.http_port,
-                      "gridd_push_group_retries_total") == retries0 + 1
-        assert sql1("SELECT nextval('lane_fail_seq')") == "6", \
-            "the push of one task type did not go again"
-        rep = c.request("push_incidents", incidents=[
-            item("lf-bad-1", "MZ01", lon + 0.002, lat),
-            item("lf-ok-2", "MZ03", lon + 0.002, lat)], timeout=30)
-        err = expect_error(rep, "INTERNAL")
-        assert "part of the batch was stored" in err.message, err
-        retries0 = metric(_cfg.http_port, "gridd_push_group_retries_total")
-        rep = c.request("push_incidents", incidents=[
-            item("lf-conflict-1", "MZ01", lon + 0.004, lat),
-            item("lf-die-1", "MZ03", lon + 0.004, lat)], timeout=30)
-        expect_error(rep, "UNAVAILABLE")
-        assert metric(_cfg.http_port,
-                      "gridd_push_group_retries_total") == retries0
+        with sources_trigger(
+                "lane_fail",
+                "IF NEW.ext_id LIKE 'lf-flaky-%' AND"
+                " nextval('lane_fail_seq') = 1 THEN"
+                " RAISE EXCEPTION 'lane test' USING ERRCODE = '40001';"
+                " END IF;"
+                " IF NEW.ext_id LIKE 'lf-once-%' AND"
+                " nextval('lane_fail_seq') = 4 THEN"
+                " RAISE EXCEPTION 'lane test' USING ERRCODE = '40001';"
+                " END IF;"
+                " IF NEW.ext_id LIKE 'lf-bad-%' THEN"
+                " RAISE EXCEPTION 'lane test: bad item'; END IF;"
+                " IF NEW.ext_id LIKE 'lf-conflict-%' THEN"
+                " PERFORM pg_sleep(0.5);"
+                " RAISE EXCEPTION 'lane test' USING ERRCODE = '40001';"
+                " END IF; " + die_if("lf-die-%")):
+            retries0 = metric(_cfg.http_port,
+                              "gridd_push_group_retries_total")
+            res = push(c, [item("lf-flaky-1", "MZ01", lon, lat),
+                           item("lf-ok-1", "MZ03", lon, lat)])
+            assert_outcome(res[0], "ACCEPTED")
+            assert_outcome(res[1], "ACCEPTED")
+            assert metric(_cfg.http_port,
+                          "gridd_push_group_retries_total") == retries0 + 1
+            assert sql1("SELECT nextval('lane_fail_seq')") == "3", \
+                "the flaky lane did not go again"
+            # Alone in flight: the transaction that failed is over before
+            # its part goes again, and the push waits for the second go.
+            retries0 = metric(_cfg.http_port,
+                              "gridd_push_group_retries_total")
+            once = push(c, [item("lf-once-1", "MZ01", lon - 0.002, lat)])
+            assert_outcome(once[0], "ACCEPTED")
+            assert once[0].incident_id > 0, once
+            assert metric(_cfg.http_port,
+                          "gridd_push_group_retries_total") == retries0 + 1
+            assert sql1("SELECT nextval('lane_fail_seq')") == "6", \
+                "the push of one task type did not go again"
+            rep = c.request("push_incidents", incidents=[
+                item("lf-bad-1", "MZ01", lon + 0.002, lat),
+                item("lf-ok-2", "MZ03", lon + 0.002, lat)], timeout=30)
+            err = expect_error(rep, "INTERNAL")
+            assert "part of the batch was stored" in err.message, err
+            retries0 = metric(_cfg.http_port,
+                              "gridd_push_group_retries_total")
+            rep = c.request("push_incidents", incidents=[
+                item("lf-conflict-1", "MZ01", lon + 0.004, lat),
+                item("lf-die-1", "MZ03", lon + 0.004, lat)], timeout=30)
+            expect_error(rep, "UNAVAILABLE")
+            assert metric(_cfg.http_port,
+                          "gridd_push_group_retries_total") == retries0
     finally:
-        sql("DROP TRIGGER lane_fail ON incident_sources;"
-            " DROP FUNCTION lane_fail(); DROP SEQUENCE lane_fail_seq;")
+        sql("DROP SEQUENCE lane_fail_seq")
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
                 " ('lf-flaky-1', 'lf-ok-1', 'lf-ok-2', 'lf-once-1')") == "4"
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id LIKE"
@@ -789,6 +791,33 @@ class held_merge_tiles:
         self.proc.communicate(timeout=30)
 
 
+class sources_trigger:
+    """A BEFORE INSERT trigger on incident_sources for the with-block: body
+    is PL/pgSQL run for each source row (NEW) a push stores."""
+
+    def __init__(self, name, body):
+        self.name = name
+        sql("CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN %s RETURN NEW; END $$;"
+            " CREATE TRIGGER %s BEFORE INSERT ON incident_sources"
+            " FOR EACH ROW EXECUTE FUNCTION %s();" % (name, body, name, name))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        sql("DROP TRIGGER %s ON incident_sources; DROP FUNCTION %s();"
+            % (self.name, self.name))
+
+
+def die_if(pattern):
+    """Trigger body: the backend storing a source row whose ext_id is LIKE
+    pattern ends its own connection (as a crash or a network cut would)."""
+    return ("IF NEW.ext_id LIKE '%s' THEN"
+            " PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
+            % pattern)
+
+
 def wait_for(pred, what, timeout=20):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -940,15 +969,7 @@ def test_a_push_that_may_have_committed_sends_no_more_of_its_parts():
     tiles another session holds, while the visit's transaction dies."""
     civil, _ = dept_client("civil")
     x, y = spot(5, 15)
-    sql("CREATE FUNCTION doom_die() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN"
-        "  IF NEW.ext_id LIKE 'doom-die-%' THEN"
-        "   PERFORM pg_terminate_backend(pg_backend_pid()); END IF;"
-        "  RETURN NEW;"
-        " END $$;"
-        " CREATE TRIGGER doom_die BEFORE INSERT ON incident_sources"
-        " FOR EACH ROW EXECUTE FUNCTION doom_die();")
-    try:
+    with sources_trigger("doom_die", die_if("doom-die-%")):
         with held_merge_tiles("neighbour_dispute", x, y):
             first = civil.envelope("push_incidents", incidents=[
                 item("doom-first", "MZ03", x, y)])
@@ -962,9 +983,6 @@ def test_a_push_that_may_have_committed_sends_no_more_of_its_parts():
             assert merge_lock_waiters() == 1
         r1 = replied(civil, first)
         assert_outcome(r1[0], "ACCEPTED")
-    finally:
-        sql("DROP TRIGGER doom_die ON incident_sources;"
-            " DROP FUNCTION doom_die();")
     assert sql1("SELECT count(*) FROM incident_sources WHERE ext_id IN"
                 " ('doom-die-1', 'doom-held-1')") == "0"
     # Pushed again: both go through.
