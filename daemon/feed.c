@@ -235,7 +235,6 @@ struct feed_part {
 	struct mergekeys keys;	/* the merge tiles its items will lock */
 	enum part_state state;
 	bool solo;		/* retried alone after its transaction failed */
-	bool requeued;		/* ...just now, by the transaction ending */
 	bool tile_waited;	/* held back for them once (counted) */
 	int retries;		/* alone, after a conflict with another process */
 	int lane;		/* while a look at the queue shares parts out */
@@ -628,6 +627,15 @@ sqlstate_conflict(const char *sqlstate)
 	return strncmp(sqlstate, "40", 2) == 0 || strcmp(sqlstate, "23505") == 0;
 }
 
+/* pt leaves the queue, for a transaction or to end unsent. */
+static void
+part_take(struct feed_part *pt)
+{
+	TAILQ_REMOVE(&fq.queue, pt, entry);
+	fq.queued_items -= pt->weight;
+	pt->state = PART_INFLIGHT;
+}
+
 /* pt was not stored (why has a sqlstate) or may have been (no sqlstate,
  * or why NULL: never sent). */
 static void
@@ -695,9 +703,8 @@ req_finish(struct feed_req *r)
 }
 
 /* Whether a part of r may have committed without an answer: r fails
- * UNAVAILABLE whatever its other parts meet, so none of them goes again,
- * nor leaves the queue (one already in a transaction made in the same
- * look at the queue still goes: its answer is not needed). */
+ * UNAVAILABLE whatever its other parts meet, so none of them goes again
+ * (req_doom ended those that were queued). */
 static bool
 req_unknown(const struct feed_req *r)
 {
@@ -708,6 +715,25 @@ req_unknown(const struct feed_req *r)
 	return false;
 }
 
+/* pt, a part of r, just failed without an answer (it may have committed):
+ * r fails UNAVAILABLE whatever its other parts meet, so those still queued
+ * end now, unsent; those in a transaction already run to its end.  pt
+ * itself is counted out after (parts_end), so r's parts left never reach
+ * zero here. */
+static void
+req_doom(struct feed_req *r)
+{
+	for (size_t p = 0; p < r->nparts; p++) {
+		struct feed_part *pt = &r->parts[p];
+
+		if (pt->state != PART_QUEUED)
+			continue;
+		part_take(pt);
+		part_fail(pt, NULL);
+		r->nleft--;
+	}
+}
+
 /* Room for the requests that t's parts may finish. */
 static struct feed_req **
 txn_fin(const struct feed_txn *t)
@@ -715,10 +741,10 @@ txn_fin(const struct feed_txn *t)
 	return xcalloc(t->n ? t->n : 1, sizeof(struct feed_req *));
 }
 
-/* The parts pts came to an end (stored or failed), but those that go again
- * (requeued, cleared here): each request whose last part this was goes
- * into fin, once.  Returns how many.  Called before anything else can
- * take a part that goes again, or end one of these requests. */
+/* The parts pts came to an end (stored or failed), but those queued to go
+ * again: each request whose last part this was goes into fin, once.
+ * Returns how many.  Called before anything can take a part that goes
+ * again (it is no longer queued then), or end one of these requests. */
 static size_t
 parts_end(struct feed_part **pts, size_t n, struct feed_req **fin)
 {
@@ -727,10 +753,8 @@ parts_end(struct feed_part **pts, size_t n, struct feed_req **fin)
 	for (size_t i = 0; i < n; i++) {
 		struct feed_part *pt = pts[i];
 
-		if (pt->requeued) {
-			pt->requeued = false;
+		if (pt->state == PART_QUEUED)
 			continue;
-		}
 		if (--pt->r->nleft == 0)
 			fin[nfin++] = pt->r;
 	}
@@ -783,7 +807,7 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 	struct feed_txn *t = arg;
 	struct lane_end why = { "", NULL };
 	struct feed_req **fin;
-	size_t retried = 0, nfin = 0;
+	size_t retried = 0, nfin;
 
 	fq.ninflight--;
 	metrics_hist_observe(&fq.commit_ms, (double)(mono_ms() - t->started));
@@ -805,7 +829,6 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 				pt->r->broken = true;
 			pt->state = PART_DONE;
 		}
-		nfin = parts_end(t->parts, t->n, fin = txn_fin(t));
 	} else {
 		fq.db_failures++;
 		/* Refused by the server only if it said why, for the
@@ -830,9 +853,10 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 			    (t->n == 1 && (!sqlstate_conflict(why.sqlstate) ||
 			    pt->retries >= FEED_CONFLICT_RETRIES))) {
 				part_fail(pt, &why);
+				if (why.sqlstate[0] == '\0')
+					req_doom(pt->r);
 				continue;
 			}
-			pt->requeued = true;
 			if (t->n == 1)
 				pt->retries++;
 			pt->solo = true;
@@ -846,8 +870,8 @@ lane_cb(void *arg, enum db_status st, const struct db_res *const *results,
 			    "sqlstate=%s", t->n, why.sqlstate);
 			fq.group_retries++;
 		}
-		nfin = parts_end(t->parts, t->n, fin = txn_fin(t));
 	}
+	nfin = parts_end(t->parts, t->n, fin = txn_fin(t));
 	free(why.error);
 	txn_free(t);
 	/* The next transactions go out before the replies are built; the
@@ -1178,10 +1202,8 @@ txn_submit(struct feed_txn *t)
 
 	t->started = mono_ms();
 	TAILQ_INSERT_TAIL(&fq.inflight, t, entry);
-	for (size_t i = 0; i < t->n; i++) {
-		t->parts[i]->state = PART_INFLIGHT;
+	for (size_t i = 0; i < t->n; i++)
 		mergekeys_set_add(&fq.inflight_keys, &t->parts[i]->keys);
-	}
 	if (t->solo)
 		fq.solo_inflight++;
 	if (gridd.db != NULL) {
@@ -1196,28 +1218,19 @@ txn_submit(struct feed_txn *t)
 	/* Never sent: no sqlstate, so answered UNAVAILABLE. */
 	fq.db_failures++;
 	txn_unlink(t);
-	for (size_t i = 0; i < t->n; i++)
+	for (size_t i = 0; i < t->n; i++) {
 		part_fail(t->parts[i], NULL);
+		req_doom(t->parts[i]->r);
+	}
 	fin = txn_fin(t);
 	nfin = parts_end(t->parts, t->n, fin);
 	txn_free(t);
 	reqs_finish(fin, nfin);
 }
 
-/* pt leaves the queue for a transaction. */
-static void
-part_take(struct feed_part *pt)
-{
-	TAILQ_REMOVE(&fq.queue, pt, entry);
-	fq.queued_items -= pt->weight;
-}
-
 /*
- * Starts transactions for the connections free; false when the queue is
- * as it was (nothing started, nothing ended).  The queue holds parts in
- * the order their pushes came.  A part whose request has a part that may
- * have committed is not sent: it ends here, and its request fails
- * UNAVAILABLE once its other parts have ended.  One
+ * Starts transactions for the connections free; false when nothing could
+ * start.  The queue holds parts in the order their pushes came.  One
  * source's pushes of a task type are applied in that order: a part waits
  * while a part of its source and task type is in flight or waits ahead of
  * it (so merges follow the source's own order).  A part that sends an
@@ -1236,14 +1249,13 @@ part_take(struct feed_part *pt)
 static bool
 feed_start(void)
 {
-	struct feed_part *pt, *next, **sel, **doomed, **held;
-	struct feed_req **fin;
+	struct feed_part *pt, *next, **sel, **held;
 	struct feed_txn *f, **txns;
 	struct pairset waiting, srcs;
 	struct mergekeys_set reserved;	/* tiles of parts held back */
 	size_t cap = (size_t)gridd.cfg->group_commit_max_items;
 	size_t nsel = 0, weight = 0, items = 0, reqs = 0, scanned = 0;
-	size_t hashed = 0, ndoomed = 0, nheld = 0, nfin;
+	size_t hashed = 0, nheld = 0;
 	int room = max_inflight() - fq.ninflight, lanes;
 
 	pt = TAILQ_FIRST(&fq.queue);
@@ -1251,19 +1263,13 @@ feed_start(void)
 	    (pt->solo && fq.ninflight > 0))
 		return false;
 	sel = xcalloc(FEED_SCAN_MAX, sizeof(*sel));
-	doomed = xcalloc(FEED_SCAN_MAX, sizeof(*doomed));
 	held = xcalloc(FEED_SCAN_MAX, sizeof(*held));
 	fq.stamp++;
 	if (pt->solo) {
 		part_take(pt);
-		if (req_unknown(pt->r)) {
-			part_fail(pt, NULL);
-			doomed[ndoomed++] = pt;
-		} else {
-			sel[nsel++] = pt;
-			items = pt->n_sql;
-			reqs = 1;
-		}
+		sel[nsel++] = pt;
+		items = pt->n_sql;
+		reqs = 1;
 	} else {
 		/* waiting: (source, task type) pairs whose next part must
 		 * wait; srcs: sources with a part in flight, held back or
@@ -1283,14 +1289,6 @@ feed_start(void)
 			next = TAILQ_NEXT(pt, entry);
 			if (pt->solo)
 				break;
-			if (req_unknown(pt->r)) {
-				/* Its request fails UNAVAILABLE whatever this
-				 * part meets: it is not sent. */
-				part_take(pt);
-				part_fail(pt, NULL);
-				doomed[ndoomed++] = pt;
-				continue;
-			}
 			/* First what costs no hashing of its items. */
 			if (pairset_find(&waiting, pt->r, pt->tt, false))
 				goto held;
@@ -1333,15 +1331,9 @@ held:
 		mergekeys_set_free(&reserved);
 	}
 	free(held);
-	/* The requests of parts not sent are answered last: none of them
-	 * has a part in the transactions below. */
-	fin = xcalloc(ndoomed ? ndoomed : 1, sizeof(*fin));
-	nfin = parts_end(doomed, ndoomed, fin);
-	free(doomed);
 	if (nsel == 0) {
 		free(sel);
-		reqs_finish(fin, nfin);
-		return ndoomed > 0;
+		return false;
 	}
 	lanes = parts_lanes(sel, nsel, room);
 	size_observe(&fq.group_reqs, (double)reqs);
@@ -1369,7 +1361,6 @@ held:
 		txn_submit(txns[l]);
 	}
 	free(txns);
-	reqs_finish(fin, nfin);
 	return true;
 }
 
