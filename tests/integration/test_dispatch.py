@@ -382,6 +382,71 @@ def test_offer_is_made_in_the_push_transaction():
     c1.close()
 
 
+def push_many(tag, cell_no, n):
+    """n incidents at one point of cell cell_no, in one PushIncidents;
+    their ids in item order."""
+    if "civil" not in _depts:
+        c = harness.Client(env()["cfg"].addr)
+        harness.login_department(c, "civil")
+        _depts["civil"] = c
+    lon, lat = dc.cell_point(tag, cell_no)
+    items = []
+    for _ in range(n):
+        ext = dc.unique("ext-")
+        items.append(pb.IncidentIn(
+            ext_id=ext, category="MZ01", lon=lon, lat=lat,
+            occurred_at=int(time.time() * 1000),
+            description="dispatch test " + ext, address="No. 1 Test Road"))
+    r = _depts["civil"].request("push_incidents", incidents=items,
+                                timeout=10)
+    res = expect_body(r, "push_incidents_reply").results
+    assert [x.outcome for x in res] == [pb.PushResult.ACCEPTED] * n, res
+    return [x.incident_id for x in res]
+
+
+def test_one_push_offers_as_one_push_per_incident_would():
+    # gridd_dispatch_pushed chooses for all the new incidents of a push
+    # together (sql/014_offer_set.sql) and leaves to one call each only
+    # what it cannot decide alone.  Two twin communities: eight incidents
+    # in one push into the first, one push each into the second; every
+    # incident gets the same worker for the same reason in both.  The
+    # workers of cell 1: w1 (room for one) and w2 where the incidents
+    # are, w3 15 m away, w4 with no position, w5 a backup from cell 2;
+    # w2-w4 take two each.  Between them the offers go by position,
+    # load, capacity and tier, and several incidents of the push rank
+    # the same worker first.
+    e = env()
+    spec = [([1], 1), ([1], 2), ([1], 2), ([1], 2), ([2, 1], 5)]
+    got = []
+    for one_by_one in (False, True):
+        tag, ws = community(spec)
+        lon, lat = dc.cell_point(tag, 1)
+        cs = [dc.worker_client(e["cfg"].addr, w) for w in ws]
+        for c, at in zip(cs, [(lon, lat), (lon, lat), (lon + 0.0002, lat),
+                              None, (lon, lat)]):
+            dc.check_in(c, True, at)
+        if one_by_one:
+            incs = [new_incident(tag, 1) for _ in range(8)]
+        else:
+            incs = push_many(tag, 1, 8)
+        rows = []
+        for inc in incs:
+            a = dc.assignments_of(e["db"], inc)
+            assert len(a) == 1 and a[0][1] == "offered", (inc, a)
+            rows.append((a[0][0].rsplit("-", 1)[1], a[0][2]))
+            evs = dc.events_of(e["db"], inc)
+            assert [x[0] for x in evs] == ["new", "dispatched"], evs
+            assert evs[1][2] == "offered: " + a[0][2], evs
+        got.append(rows)
+        for c in cs:
+            c.close()
+    assert got[0] == got[1], got
+    assert got[1] == [("w1", "primary_cell"), ("w2", "nearest"),
+                      ("w3", "nearest"), ("w4", "least_loaded"),
+                      ("w2", "nearest"), ("w3", "nearest"),
+                      ("w4", "primary_cell"), ("w5", "backup_cell")], got
+
+
 class held_worker:
     """A worker's row held by another transaction (as an offer, a check-in
     or an answer holds it) for the with-block, at most `seconds`."""
@@ -446,6 +511,28 @@ def test_held_worker_waited_for_when_better():
         assert dc.assignments_of(e["db"], inc) == []
     o = dc.recv_offer(c1, inc, timeout=5)
     assert o.reason == "nearest", o
+    for c in (c1, c2):
+        c.close()
+
+
+def test_held_worker_passed_over_inside_a_push():
+    # A push's own transaction never waits for a worker another holds:
+    # the set pass takes the nearest, finds it held, and the incident
+    # goes to the next candidate in the same transaction.
+    e = env()
+    tag, (w1, w2) = community([([1], 5), ([1], 5)])
+    c1 = on_duty_worker(w1, 1)		# near
+    c2 = on_duty_worker(w2, 3)		# far
+    with held_worker(e["db"], w1):
+        t0 = time.monotonic()
+        (inc,) = push_many(tag, 1, 1)
+        assert time.monotonic() - t0 < 3
+        o = dc.recv_offer(c2, inc, timeout=3)
+    same = psql1("SELECT a.offered_at = i.created_at FROM assignments a "
+                 "JOIN incidents i USING (incident_id) "
+                 "WHERE a.assignment_id = %d" % o.assignment_id, e["db"])
+    assert same == "t", same
+    dc.no_offer(c1, 0.3)
     for c in (c1, c2):
         c.close()
 
