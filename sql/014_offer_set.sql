@@ -13,33 +13,36 @@
 -- scenario's 460 offers/s that kept the department's transactions busy
 -- 0.96-0.99 of every second, so a slower minute left its pushes behind.
 --
--- Now gridd_dispatch_pushed first makes one choice for all of a push's new
--- incidents (the set pass), with the fast pass's rules (sql/008): the
--- on-duty workers of the incident's cell (tier 1) and those whose backup
--- cells hold it (tier 2), with room; ranked by tier, load, geodesic
--- distance from a fresh check-in (measured for the leading group's
--- candidates within 5% of the nearest planar figure, as there), worker id;
--- the runner-up gives the reason.  Each chosen worker is locked with SKIP
--- LOCKED and read again under the lock, and the offers are written by one
--- statement per table.  An incident goes to gridd_dispatch_choose, one at
--- a time as before and after the set pass's offers, when the set pass
--- cannot decide it alone:
---   * its first choice is another incident's first choice too (the lower
---     incident id takes the worker; the others are chosen again with the
---     worker's new load, as they would have been one after another);
---   * its worker is held by another transaction, has gone off duty or is
---     full under the lock (the single choice passes over it to the next
---     candidate, as a push always did);
---   * it has no candidate in tiers 1 and 2 (neighbour cells, shortfalls
---     and escalation are the single choice's);
---   * it has no cell, or already has assignments.
--- The offers, events, timers and NOTIFYs are those the single choice
--- makes, and the events come back in incident order as before.  Two
--- incidents of one push that would have ranked the same worker first are
--- decided in id order either way; the only difference from one call per
--- incident is when a later incident's choice would have taken a worker
--- away from an earlier one's runner-up: here the earlier one keeps its
--- first choice and the later one is chosen after.
+-- Now gridd_dispatch_pushed first ranks the candidates of all of a push's
+-- new incidents in one statement (the set pass), with the fast pass's
+-- rules (sql/008): the on-duty workers of the incident's cell (tier 1) and
+-- those whose backup cells hold it (tier 2), with room; ranked by tier,
+-- load, geodesic distance from a fresh check-in (measured for the leading
+-- group's candidates within 5% of the nearest planar figure, as there),
+-- worker id; the runner-up gives the reason.  It then takes the incidents
+-- in id order, each its first candidate that an earlier one has not
+-- taken, as one call after another would (a taken worker's load is one
+-- more, so the rest of the leading group comes first), locks the chosen
+-- workers with SKIP LOCKED, reads them again under the lock, and writes
+-- the offers with one statement per table.
+--
+-- The set pass decides a prefix of the push's incidents, in id order; it
+-- stops at the first one it cannot decide for certain, and that one and
+-- every later one go to gridd_dispatch_choose, one call each in id order,
+-- after its offers, as before.  It stops at an incident
+--   * with no candidate in tiers 1 and 2 (neighbour cells, shortfalls and
+--     escalation are the single choice's), no cell, or assignments;
+--   * whose first ten candidates are all taken, or whose choice or
+--     runner-up is not certain from the snapshot's ranking (below);
+--   * whose worker is held by another transaction, has gone off duty or
+--     is full under the lock (the single choice passes over it to the
+--     next candidate, as a push always did).
+-- So every incident gets the worker and the reason that one call per
+-- incident in id order would give on the same snapshot, and the offers,
+-- timers, events and NOTIFYs (in incident order) are those it makes.  One
+-- difference remains: the set pass ranks every incident on one snapshot,
+-- taken at its statement, where each single choice took its own; a load
+-- that another transaction changes in between is seen a little later.
 
 -- The gridd_offers NOTIFYs of several offers, in assignment order, one
 -- statement (004_dispatch.sql's gridd_offer_notify, whose payload this is,
@@ -116,6 +119,9 @@ DECLARE
 	v_next integer;
 	v_taken text[] := '{}';
 	v_hit boolean;
+	m integer := 1;		-- the next of v_ids to decide
+	l_wk text[];		-- the chosen workers locked here
+	l_load integer[];	-- and their loads under the lock
 	-- Its choices, one incident per worker:
 	s_inc bigint[] := '{}';
 	s_wk text[] := '{}';
@@ -276,6 +282,10 @@ BEGIN
 		c_n := coalesce(cardinality(c_inc), 0);
 		i := 1;
 		WHILE i <= c_n LOOP
+			-- Only a prefix of v_ids: an incident left to the
+			-- single choice is chosen for after the set pass's
+			-- offers, so none after it may be decided before it.
+			EXIT WHEN v_ids[m] <> c_inc[i];
 			k := i;
 			WHILE k < c_n AND c_inc[k + 1] = c_inc[i] LOOP
 				k := k + 1;
@@ -314,44 +324,59 @@ BEGIN
 					v_pick := NULL;
 				END IF;
 			END IF;
-			IF v_pick IS NOT NULL THEN
-				s_inc := s_inc || c_inc[v_pick];
-				s_wk := s_wk || c_wk[v_pick];
-				s_tier := s_tier || c_tier[v_pick];
-				s_dist := s_dist || c_dist[v_pick];
-				s_ntier := s_ntier || c_tier[v_next];
-				s_nload := s_nload || c_load[v_next];
-				s_ndist := s_ndist || c_dist[v_next];
-				v_taken := v_taken || c_wk[v_pick];
-			END IF;
+			EXIT WHEN v_pick IS NULL;
+			s_inc := s_inc || c_inc[v_pick];
+			s_wk := s_wk || c_wk[v_pick];
+			s_tier := s_tier || c_tier[v_pick];
+			s_dist := s_dist || c_dist[v_pick];
+			s_ntier := s_ntier || c_tier[v_next];
+			s_nload := s_nload || c_load[v_next];
+			s_ndist := s_ndist || c_dist[v_next];
+			v_taken := v_taken || c_wk[v_pick];
+			m := m + 1;
 			i := k + 1;
 		END LOOP;
 
-		-- The offers of the set pass, for the workers locked here with
-		-- room under the lock; the load read under it explains the
-		-- choice, as in the single choice.  workers.open_count follows
-		-- (gridd_open_count_tg).
+		-- The chosen workers, locked with SKIP LOCKED and read again:
+		-- the offers stop before the first incident whose worker is
+		-- held by another transaction, gone off duty or full (the
+		-- single choice passes over it, in order, as a push always
+		-- did).  The load read under the lock explains the choice, as
+		-- in the single choice.
 		IF cardinality(s_inc) > 0 THEN
-			WITH l AS MATERIALIZED (
-				SELECT w.worker_id, w.open_count
-				FROM workers w
-				WHERE w.worker_id = ANY (s_wk) AND w.on_duty
-				    AND w.open_count < w.max_open
-				FOR NO KEY UPDATE SKIP LOCKED
-			), c AS (
+			SELECT coalesce(array_agg(l.worker_id), '{}'),
+			    coalesce(array_agg(l.open_count), '{}')
+			INTO l_wk, l_load
+			FROM (SELECT w.worker_id, w.open_count FROM workers w
+			    WHERE w.worker_id = ANY (s_wk) AND w.on_duty
+				AND w.open_count < w.max_open
+			    FOR NO KEY UPDATE SKIP LOCKED) l;
+			FOR j IN 1 .. cardinality(s_inc) LOOP
+				IF NOT (s_wk[j] = ANY (l_wk)) THEN
+					s_inc := s_inc[1:j - 1];
+					EXIT;
+				END IF;
+			END LOOP;
+		END IF;
+
+		-- Its offers, one statement per table.  workers.open_count
+		-- follows (gridd_open_count_tg).
+		IF cardinality(s_inc) > 0 THEN
+			WITH c AS (
 				SELECT s.inc, s.wk, i.community_id AS comm,
 				    coalesce(CASE WHEN s.ntier IS NOT NULL
 					THEN gridd_dispatch_runner_up(s.tier,
-					l.open_count, s.dist, s.ntier, s.nload,
+					l.load, s.dist, s.ntier, s.nload,
 					s.ndist) END,
 					CASE s.tier WHEN 1 THEN 'primary_cell'
 					ELSE 'backup_cell' END) AS reason
-				FROM unnest(s_inc, s_wk, s_tier, s_dist,
-				    s_ntier, s_nload, s_ndist)
+				FROM unnest(s_inc, s_wk, s_tier, s_dist, s_ntier, s_nload, s_ndist)
 				    AS s(inc, wk, tier, dist, ntier, nload,
 					ndist)
-				JOIN l ON l.worker_id = s.wk
+				JOIN unnest(l_wk, l_load) AS l(wk, load)
+				    USING (wk)
 				JOIN incidents i ON i.incident_id = s.inc
+				WHERE s.inc IS NOT NULL
 			), ins AS (
 				INSERT INTO assignments (incident_id,
 				    worker_id, community_id, reason, expires_at)

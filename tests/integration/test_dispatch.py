@@ -383,15 +383,16 @@ def test_offer_is_made_in_the_push_transaction():
 
 
 def push_many(tag, cell_no, n):
-    """n incidents at one point of cell cell_no, in one PushIncidents;
-    their ids in item order."""
+    """n incidents at one point of cell cell_no (or of each cell of the
+    list cell_no), in one PushIncidents; their ids in item order."""
     if "civil" not in _depts:
         c = harness.Client(env()["cfg"].addr)
         harness.login_department(c, "civil")
         _depts["civil"] = c
-    lon, lat = dc.cell_point(tag, cell_no)
+    cells = cell_no if isinstance(cell_no, list) else [cell_no] * n
     items = []
-    for _ in range(n):
+    for cell in cells:
+        lon, lat = dc.cell_point(tag, cell)
         ext = dc.unique("ext-")
         items.append(pb.IncidentIn(
             ext_id=ext, category="MZ01", lon=lon, lat=lat,
@@ -400,7 +401,8 @@ def push_many(tag, cell_no, n):
     r = _depts["civil"].request("push_incidents", incidents=items,
                                 timeout=10)
     res = expect_body(r, "push_incidents_reply").results
-    assert [x.outcome for x in res] == [pb.PushResult.ACCEPTED] * n, res
+    assert [x.outcome for x in res] == [pb.PushResult.ACCEPTED] * len(
+        cells), res
     return [x.incident_id for x in res]
 
 
@@ -515,25 +517,48 @@ def test_held_worker_waited_for_when_better():
         c.close()
 
 
-def test_held_worker_passed_over_inside_a_push():
-    # A push's own transaction never waits for a worker another holds:
-    # the set pass takes the nearest, finds it held, and the incident
-    # goes to the next candidate in the same transaction.
+def test_an_incident_for_the_single_choice_comes_first_in_a_push():
+    # The first incident of the push has no worker in its cell (2): only
+    # the single choice's full pass finds it one, the neighbour cell 1's
+    # worker, who has room for one.  The second, in cell 1, would take
+    # that worker in the set pass; one call per incident in id order
+    # gives the worker to the first and escalates the second, and so
+    # must the push.
     e = env()
-    tag, (w1, w2) = community([([1], 5), ([1], 5)])
-    c1 = on_duty_worker(w1, 1)		# near
-    c2 = on_duty_worker(w2, 3)		# far
-    with held_worker(e["db"], w1):
+    tag, (w1,) = community([([1], 1)])
+    c1 = on_duty_worker(w1)
+    incs = push_many(tag, [2, 1], 2)
+    assert dc.assignments_of(e["db"], incs[0]) == [
+        (w1, "offered", "neighbour_cell")], incs
+    dc.wait_for(lambda: dc.incident_row(e["db"], incs[1])[0] ==
+                "escalated", what="escalation")
+    assert dc.incident_row(e["db"], incs[1])[1] == "all_at_capacity"
+    c1.close()
+
+
+def test_held_worker_passed_over_inside_a_push_in_order():
+    # A push's own transaction never waits for a worker another holds: it
+    # passes over it to the next candidate.  Three workers ranked by id
+    # alone (no positions), the first held: the push's first incident
+    # gets the second worker and its second incident the third, as one
+    # call per incident in id order gives them (a choice made for the
+    # second incident before the first was decided swapped them).
+    e = env()
+    tag, ws = community([([1], 5), ([1], 5), ([1], 5)])
+    cs = [on_duty_worker(w) for w in ws]
+    with held_worker(e["db"], ws[0]):
         t0 = time.monotonic()
-        (inc,) = push_many(tag, 1, 1)
+        incs = push_many(tag, 1, 2)
         assert time.monotonic() - t0 < 3
-        o = dc.recv_offer(c2, inc, timeout=3)
-    same = psql1("SELECT a.offered_at = i.created_at FROM assignments a "
-                 "JOIN incidents i USING (incident_id) "
-                 "WHERE a.assignment_id = %d" % o.assignment_id, e["db"])
+        got = [dc.assignments_of(e["db"], i) for i in incs]
+    assert got == [[(ws[1], "offered", "primary_cell")],
+                   [(ws[2], "offered", "least_loaded")]], got
+    same = psql1("SELECT bool_and(a.offered_at = i.created_at) FROM"
+                 " assignments a JOIN incidents i USING (incident_id)"
+                 " WHERE a.incident_id IN (%d, %d)" % tuple(incs), e["db"])
     assert same == "t", same
-    dc.no_offer(c1, 0.3)
-    for c in (c1, c2):
+    dc.no_offer(cs[0], 0.3)
+    for c in cs:
         c.close()
 
 
