@@ -111,6 +111,7 @@ DECLARE
 	c_rough double precision[];
 	c_lead boolean[];
 	c_rmin double precision[];
+	c_max integer[];
 	c_n integer;
 	i integer;
 	j integer;
@@ -118,7 +119,7 @@ DECLARE
 	v_pick integer;
 	v_next integer;
 	v_taken text[] := '{}';
-	v_hit boolean;
+	v_rt integer;		-- the runner-up's tier
 	m integer := 1;		-- the next of v_ids to decide
 	l_wk text[];		-- the chosen workers locked here
 	l_load integer[];	-- and their loads under the lock
@@ -186,16 +187,16 @@ BEGIN
 				WHERE a.incident_id = i.incident_id)
 		), e AS (
 			SELECT inc.inc, inc.lon, inc.lat, w.worker_id,
-			    1 AS tier, w.open_count AS load, w.last_lon,
-			    w.last_lat, w.last_checkin_at
+			    w.max_open, 1 AS tier, w.open_count AS load,
+			    w.last_lon, w.last_lat, w.last_checkin_at
 			FROM inc JOIN workers w
 			    ON w.community_id = inc.comm
 			    AND w.primary_cell = inc.cell
 			WHERE w.on_duty AND w.open_count < w.max_open
 			UNION ALL
-			SELECT inc.inc, inc.lon, inc.lat, w.worker_id, 2,
-			    w.open_count, w.last_lon, w.last_lat,
-			    w.last_checkin_at
+			SELECT inc.inc, inc.lon, inc.lat, w.worker_id,
+			    w.max_open, 2, w.open_count, w.last_lon,
+			    w.last_lat, w.last_checkin_at
 			FROM inc JOIN workers w
 			    ON w.backup_cells @> ARRAY[inc.cell]
 			WHERE w.backup_cells <> '{}'
@@ -207,7 +208,9 @@ BEGIN
 			    e.last_checkin_at >= v_since AS fresh,
 			    min(e.lon) AS lon, min(e.lat) AS lat,
 			    (array_agg(e.worker_id ORDER BY
-				e.worker_id COLLATE "C"))[1:10] AS wks
+				e.worker_id COLLATE "C"))[1:10] AS wks,
+			    (array_agg(e.max_open ORDER BY
+				e.worker_id COLLATE "C"))[1:10] AS maxs
 			FROM e
 			GROUP BY e.inc, e.tier, e.load, e.last_lon, e.last_lat,
 			    e.last_checkin_at >= v_since
@@ -244,11 +247,12 @@ BEGIN
 			FROM x
 		), ranked AS (
 			SELECT z.inc, z.tier, z.load, z.dist, z.rough, z.rmin,
-			    z.leading, u.wk AS worker_id,
+			    z.leading, u.wk AS worker_id, u.mx,
 			    row_number() OVER (PARTITION BY z.inc
 				ORDER BY z.tier, z.load, z.dist NULLS LAST,
 				z.rough NULLS LAST, u.wk COLLATE "C") AS rn
-			FROM z CROSS JOIN LATERAL unnest(z.wks) AS u(wk)
+			FROM z CROSS JOIN LATERAL unnest(z.wks, z.maxs)
+			    AS u(wk, mx)
 		)
 		SELECT array_agg(k.inc ORDER BY k.inc, k.rn),
 		    array_agg(k.rn ORDER BY k.inc, k.rn),
@@ -258,9 +262,10 @@ BEGIN
 		    array_agg(k.dist ORDER BY k.inc, k.rn),
 		    array_agg(k.rough ORDER BY k.inc, k.rn),
 		    array_agg(k.leading ORDER BY k.inc, k.rn),
-		    array_agg(k.rmin ORDER BY k.inc, k.rn)
+		    array_agg(k.rmin ORDER BY k.inc, k.rn),
+		    array_agg(k.mx ORDER BY k.inc, k.rn)
 		INTO c_inc, c_rn, c_wk, c_tier, c_load, c_dist, c_rough,
-		    c_lead, c_rmin
+		    c_lead, c_rmin, c_max
 		FROM ranked k WHERE k.rn <= 10;
 
 		-- In id order, each incident takes its first candidate that an
@@ -273,12 +278,16 @@ BEGIN
 		--     than every unmeasured one can be (the planar figure is
 		--     within 1% of the geodesic), or has no position (then
 		--     neither have the others left);
-		--   * the runner-up is the next candidate not taken, when it
-		--     is of the leading group, or when none of the incident's
-		--     candidates was taken; a taken one would now rank by its
-		--     new load, which only the single choice reads;
-		--   * every one of the first ten taken, or a choice or
-		--     runner-up beyond them: not known here.
+		--   * the runner-up is the next candidate not taken when it is
+		--     of the leading group; once that group is used up, what
+		--     explains the choice is only the runner-up's tier (of the
+		--     choice's tier its load is higher: 'least_loaded'), the
+		--     first of the next candidate's and those of the taken
+		--     ones with room left;
+		--   * a choice beyond the leading group (the taken workers,
+		--     one more load each, would rank among it), every one of
+		--     the first ten taken, or a runner-up beyond them: not
+		--     known here.
 		c_n := coalesce(cardinality(c_inc), 0);
 		i := 1;
 		WHILE i <= c_n LOOP
@@ -293,10 +302,9 @@ BEGIN
 			-- Rows i..k are the incident's.
 			v_pick := NULL;
 			v_next := NULL;
-			v_hit := false;
 			FOR j IN i .. k LOOP
 				IF c_wk[j] = ANY (v_taken) THEN
-					v_hit := true;
+					CONTINUE;
 				ELSIF v_pick IS NULL THEN
 					v_pick := j;
 				ELSE
@@ -313,25 +321,39 @@ BEGIN
 				c_rough[v_pick] IS NULL)) THEN
 				v_pick := NULL;
 			END IF;
+			v_rt := c_tier[v_next];
 			IF v_pick IS NOT NULL AND
 			    (v_next IS NULL OR NOT c_lead[v_next]) THEN
-				-- Beyond the leading group: only when every
-				-- candidate is known and none was taken.
-				FOR j IN v_pick + 1 .. k LOOP
-					v_hit := v_hit OR c_wk[j] = ANY (v_taken);
-				END LOOP;
-				IF v_hit OR c_rn[k] = 10 THEN
-					v_pick := NULL;
+				-- The leading group is used up.  The runner-up
+				-- is the first by tier of the next candidate and
+				-- the taken ones with room left; of the choice's
+				-- tier it has a higher load ('least_loaded'),
+				-- of another the tier explains the choice.
+				IF v_next IS NULL AND c_rn[k] = 10 THEN
+					v_pick := NULL;	-- more, not read
 				END IF;
+				FOR j IN i .. k LOOP
+					IF j <> v_pick AND c_wk[j] = ANY (v_taken)
+					    AND c_load[j] + 1 < c_max[j]
+					    AND (v_rt IS NULL OR
+						c_tier[j] < v_rt) THEN
+						v_rt := c_tier[j];
+					END IF;
+				END LOOP;
 			END IF;
 			EXIT WHEN v_pick IS NULL;
 			s_inc := s_inc || c_inc[v_pick];
 			s_wk := s_wk || c_wk[v_pick];
 			s_tier := s_tier || c_tier[v_pick];
 			s_dist := s_dist || c_dist[v_pick];
-			s_ntier := s_ntier || c_tier[v_next];
-			s_nload := s_nload || c_load[v_next];
-			s_ndist := s_ndist || c_dist[v_next];
+			s_ntier := s_ntier || v_rt;
+			IF c_lead[v_next] THEN
+				s_nload := s_nload || c_load[v_next];
+				s_ndist := s_ndist || c_dist[v_next];
+			ELSE
+				s_nload := s_nload || (c_load[v_pick] + 1);
+				s_ndist := s_ndist || NULL::double precision;
+			END IF;
 			v_taken := v_taken || c_wk[v_pick];
 			m := m + 1;
 			i := k + 1;

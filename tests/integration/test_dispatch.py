@@ -406,31 +406,24 @@ def push_many(tag, cell_no, n):
     return [x.incident_id for x in res]
 
 
-def test_one_push_offers_as_one_push_per_incident_would():
-    # gridd_dispatch_pushed chooses for all the new incidents of a push
-    # together (sql/014_offer_set.sql) and leaves to one call each only
-    # what it cannot decide alone.  Two twin communities: eight incidents
-    # in one push into the first, one push each into the second; every
-    # incident gets the same worker for the same reason in both.  The
-    # workers of cell 1: w1 (room for one) and w2 where the incidents
-    # are, w3 15 m away, w4 with no position, w5 a backup from cell 2;
-    # w2-w4 take two each.  Between them the offers go by position,
-    # load, capacity and tier, and several incidents of the push rank
-    # the same worker first.
+def one_push_and_one_by_one(spec, positions, n):
+    """Twin communities with workers spec, checked in at positions (dx
+    in degrees east of cell 1's point, or None): n incidents at cell 1's
+    point in one push into the first, one push each into the second;
+    [(worker suffix, reason)] of each, after checking that every offer
+    and its event are in place."""
     e = env()
-    spec = [([1], 1), ([1], 2), ([1], 2), ([1], 2), ([2, 1], 5)]
     got = []
     for one_by_one in (False, True):
         tag, ws = community(spec)
         lon, lat = dc.cell_point(tag, 1)
         cs = [dc.worker_client(e["cfg"].addr, w) for w in ws]
-        for c, at in zip(cs, [(lon, lat), (lon, lat), (lon + 0.0002, lat),
-                              None, (lon, lat)]):
-            dc.check_in(c, True, at)
+        for c, dx in zip(cs, positions):
+            dc.check_in(c, True, None if dx is None else (lon + dx, lat))
         if one_by_one:
-            incs = [new_incident(tag, 1) for _ in range(8)]
+            incs = [new_incident(tag, 1) for _ in range(n)]
         else:
-            incs = push_many(tag, 1, 8)
+            incs = push_many(tag, 1, n)
         rows = []
         for inc in incs:
             a = dc.assignments_of(e["db"], inc)
@@ -443,10 +436,36 @@ def test_one_push_offers_as_one_push_per_incident_would():
         for c in cs:
             c.close()
     assert got[0] == got[1], got
-    assert got[1] == [("w1", "primary_cell"), ("w2", "nearest"),
-                      ("w3", "nearest"), ("w4", "least_loaded"),
-                      ("w2", "nearest"), ("w3", "nearest"),
-                      ("w4", "primary_cell"), ("w5", "backup_cell")], got
+    return got[1]
+
+
+def test_one_push_offers_as_one_push_per_incident_would():
+    # gridd_dispatch_pushed chooses for all the new incidents of a push
+    # together (sql/014_offer_set.sql) and leaves to one call each only
+    # what it cannot decide alone; either way every incident must get the
+    # worker and the reason that one push per incident gives.  Cell 1: w1
+    # (room for one) and w2 where the incidents are, w3 15 m away, w4
+    # with no position, w5 a backup from cell 2; w2-w4 take two each.
+    got = one_push_and_one_by_one(
+        [([1], 1), ([1], 2), ([1], 2), ([1], 2), ([2, 1], 5)],
+        [0, 0, 0.0002, None, 0], 8)
+    assert got == [("w1", "primary_cell"), ("w2", "nearest"),
+                   ("w3", "nearest"), ("w4", "least_loaded"),
+                   ("w2", "nearest"), ("w3", "nearest"),
+                   ("w4", "primary_cell"), ("w5", "backup_cell")], got
+
+
+def test_one_push_uses_up_the_least_loaded_as_one_by_one():
+    # Two workers with no position rank by load, then id.  The push's
+    # second incident takes the second worker, the first being taken:
+    # its runner-up is the first with one more open ('least_loaded').
+    # The third ranks both at one open; a backup from cell 2 takes the
+    # fourth and fifth once both are full (room for two each).
+    got = one_push_and_one_by_one(
+        [([1], 2), ([1], 2), ([2, 1], 5)], [None, None, None], 6)
+    assert got == [("w1", "primary_cell"), ("w2", "least_loaded"),
+                   ("w1", "primary_cell"), ("w2", "primary_cell"),
+                   ("w3", "backup_cell"), ("w3", "backup_cell")], got
 
 
 class held_worker:
