@@ -43,6 +43,8 @@
 -- difference remains: the set pass ranks every incident on one snapshot,
 -- taken at its statement, where each single choice took its own; a load
 -- that another transaction changes in between is seen a little later.
+-- Only the chosen workers are read again under their lock: a runner-up's
+-- load (which explains a choice) is the snapshot's.
 
 -- The gridd_offers NOTIFYs of several offers, in assignment order, one
 -- statement (004_dispatch.sql's gridd_offer_notify, whose payload this is,
@@ -120,6 +122,7 @@ DECLARE
 	v_next integer;
 	v_taken text[] := '{}';
 	v_rt integer;		-- the runner-up's tier
+	v_rl integer;		-- and load
 	m integer := 1;		-- the next of v_ids to decide
 	l_wk text[];		-- the chosen workers locked here
 	l_load integer[];	-- and their loads under the lock
@@ -322,13 +325,17 @@ BEGIN
 				v_pick := NULL;
 			END IF;
 			v_rt := c_tier[v_next];
+			v_rl := c_load[v_next];
 			IF v_pick IS NOT NULL AND
 			    (v_next IS NULL OR NOT c_lead[v_next]) THEN
 				-- The leading group is used up.  The runner-up
-				-- is the first by tier of the next candidate and
-				-- the taken ones with room left; of the choice's
-				-- tier it has a higher load ('least_loaded'),
-				-- of another the tier explains the choice.
+				-- is the first by tier and load of the next
+				-- candidate and the taken ones with room left
+				-- (one more open each); of the choice's tier its
+				-- load is higher ('least_loaded'), of another the
+				-- tier explains the choice.  Out of the leading
+				-- group its distance is not measured, here as
+				-- in the single choice.
 				IF v_next IS NULL AND c_rn[k] = 10 THEN
 					v_pick := NULL;	-- more, not read
 				END IF;
@@ -336,8 +343,10 @@ BEGIN
 					IF j <> v_pick AND c_wk[j] = ANY (v_taken)
 					    AND c_load[j] + 1 < c_max[j]
 					    AND (v_rt IS NULL OR
-						c_tier[j] < v_rt) THEN
+						(c_tier[j], c_load[j] + 1) <
+						(v_rt, v_rl)) THEN
 						v_rt := c_tier[j];
+						v_rl := c_load[j] + 1;
 					END IF;
 				END LOOP;
 			END IF;
@@ -347,11 +356,10 @@ BEGIN
 			s_tier := s_tier || c_tier[v_pick];
 			s_dist := s_dist || c_dist[v_pick];
 			s_ntier := s_ntier || v_rt;
+			s_nload := s_nload || v_rl;
 			IF c_lead[v_next] THEN
-				s_nload := s_nload || c_load[v_next];
 				s_ndist := s_ndist || c_dist[v_next];
 			ELSE
-				s_nload := s_nload || (c_load[v_pick] + 1);
 				s_ndist := s_ndist || NULL::double precision;
 			END IF;
 			v_taken := v_taken || c_wk[v_pick];

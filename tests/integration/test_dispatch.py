@@ -536,6 +536,16 @@ def test_held_worker_waited_for_when_better():
         c.close()
 
 
+def test_one_push_passes_over_a_worker_it_filled_as_one_by_one():
+    # w1 has room for one: once the push's first incident takes it, it is
+    # no candidate for the second, whose runner-up is then the backup w3
+    # (another tier: 'primary_cell', not 'least_loaded').
+    got = one_push_and_one_by_one(
+        [([1], 1), ([1], 5), ([2, 1], 5)], [None, None, None], 3)
+    assert got == [("w1", "primary_cell"), ("w2", "primary_cell"),
+                   ("w2", "primary_cell")], got
+
+
 def test_an_incident_for_the_single_choice_comes_first_in_a_push():
     # The first incident of the push has no worker in its cell (2): only
     # the single choice's full pass finds it one, the neighbour cell 1's
