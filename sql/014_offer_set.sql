@@ -175,8 +175,9 @@ BEGIN
 		-- choice's order, the first ten of them.  Candidates are taken
 		-- together by position first (workers who checked in at one
 		-- spot are equally far: one planar figure and one geodesic
-		-- measure each), keeping the first ten worker ids of each; the
-		-- ranking steps then run on positions, not on workers.  Run on
+		-- measure each; the group also shares tier, load and room),
+		-- keeping the first ten worker ids of each; the ranking steps
+		-- then run on positions, not on workers.  Run on
 		-- each worker, the same steps cost 0.6-0.8 ms per incident of
 		-- 92 candidates, as much as the single choice.
 		WITH inc AS MATERIALIZED (
@@ -208,15 +209,13 @@ BEGIN
 			    AND w.on_duty AND w.open_count < w.max_open
 		), g AS (
 			SELECT e.inc, e.tier, e.load, e.last_lon, e.last_lat,
-			    e.last_checkin_at >= v_since AS fresh,
+			    e.last_checkin_at >= v_since AS fresh, e.max_open,
 			    min(e.lon) AS lon, min(e.lat) AS lat,
 			    (array_agg(e.worker_id ORDER BY
-				e.worker_id COLLATE "C"))[1:10] AS wks,
-			    (array_agg(e.max_open ORDER BY
-				e.worker_id COLLATE "C"))[1:10] AS maxs
+				e.worker_id COLLATE "C"))[1:10] AS wks
 			FROM e
 			GROUP BY e.inc, e.tier, e.load, e.last_lon, e.last_lat,
-			    e.last_checkin_at >= v_since
+			    e.last_checkin_at >= v_since, e.max_open
 		), a AS (
 			SELECT g.*, rank() OVER (PARTITION BY g.inc
 				ORDER BY g.tier, g.load) = 1 AS leading
@@ -250,12 +249,11 @@ BEGIN
 			FROM x
 		), ranked AS (
 			SELECT z.inc, z.tier, z.load, z.dist, z.rough, z.rmin,
-			    z.leading, u.wk AS worker_id, u.mx,
+			    z.leading, u.wk AS worker_id, z.max_open AS mx,
 			    row_number() OVER (PARTITION BY z.inc
 				ORDER BY z.tier, z.load, z.dist NULLS LAST,
 				z.rough NULLS LAST, u.wk COLLATE "C") AS rn
-			FROM z CROSS JOIN LATERAL unnest(z.wks, z.maxs)
-			    AS u(wk, mx)
+			FROM z CROSS JOIN LATERAL unnest(z.wks) AS u(wk)
 		)
 		SELECT array_agg(k.inc ORDER BY k.inc, k.rn),
 		    array_agg(k.rn ORDER BY k.inc, k.rn),
