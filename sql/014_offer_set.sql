@@ -381,6 +381,9 @@ BEGIN
 			    FOR NO KEY UPDATE SKIP LOCKED) l;
 			FOR j IN 1 .. cardinality(s_inc) LOOP
 				IF NOT (s_wk[j] = ANY (l_wk)) THEN
+					-- Only s_inc is cut: unnest pads it
+					-- with NULLs beside the other arrays'
+					-- tails, and the offers skip those.
 					s_inc := s_inc[1:j - 1];
 					EXIT;
 				END IF;
