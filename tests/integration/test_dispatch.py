@@ -6,6 +6,7 @@ another.  Incidents come from the civil affairs department (category MZ01 =
 elderly_visit: assist list, small matter, routed to the cell's worker).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -1046,6 +1047,270 @@ def test_choice_probes_keep_their_indexes_after_statistics_of_empty_tables():
     for b in plans:
         for table in ("assignments", "incidents"):
             assert "Seq Scan on %s " % table not in b, b
+
+
+def test_action_batch_reads_keys_by_index():
+    # The batch's check of stored idempotency keys once read and hashed
+    # every key of the table in its generic plan (0.9 ms a batch at 2,300
+    # keys, growing with the table): it must probe the primary key.  The
+    # keys are not analyzed here, as before autovacuum first comes to a
+    # growing table: the planner then guesses from its pages.
+    db, tag, lon, lat = plan_spot("keys")
+    plans = logged_plans(
+        "BEGIN;"
+        " INSERT INTO workers (worker_id, community_id, password_hash,"
+        " primary_cell, on_duty) VALUES ('%(t)s-w', '%(t)s', '%(h)s',"
+        " '%(t)s-1', true);"
+        " INSERT INTO incidents (incident_id, community_id, cell_id,"
+        " task_type, list, matter, route, status, summary, geom)"
+        " SELECT -i, '%(t)s', '%(t)s-1', 'elderly_visit', 'assist', 'small',"
+        " 'worker', 'dispatched', 'old', ST_SetSRID(ST_MakePoint(%(lon)r,"
+        " %(lat)r), 4326) FROM generate_series(1, 5) i;"
+        " INSERT INTO assignments (incident_id, worker_id, community_id,"
+        " state, reason, expires_at) SELECT -i, '%(t)s-w', '%(t)s',"
+        " 'offered', 'primary_cell', now() + interval '1 hour'"
+        " FROM generate_series(1, 5) i;"
+        " INSERT INTO assignment_actions (worker_id, idempotency_key,"
+        " assignment_id, community_id, action) SELECT '%(t)s-w',"
+        " 'old-' || i, (SELECT min(assignment_id) FROM assignments"
+        " WHERE worker_id = '%(t)s-w'), '%(t)s', 'accept'"
+        " FROM generate_series(1, 3000) i;"
+        " ANALYZE assignments;"
+        # As a daemon's connection runs it once its plans are generic.
+        " SET LOCAL plan_cache_mode = force_generic_plan;\n"
+        " -- auto_explain --\n"
+        " SELECT count(*) FROM gridd_assignment_actions("
+        " array_fill('%(t)s-w'::text, ARRAY[5]),"
+        " (SELECT array_agg(assignment_id ORDER BY assignment_id)"
+        " FROM assignments WHERE worker_id = '%(t)s-w'),"
+        " array_fill('accept'::text, ARRAY[5]),"
+        " array_fill(NULL::text, ARRAY[5]),"
+        " array_fill(NULL::float8, ARRAY[5]),"
+        " array_fill(NULL::float8, ARRAY[5]),"
+        " ARRAY['n1', 'n2', 'n3', 'n4', 'n5'], 60, 3, 900, 30, 'plans');"
+        " ROLLBACK;" % dict(t=tag, h=NO_PASSWORD, lon=lon, lat=lat), db)
+    checks = [b for b in plans if "FROM assignment_actions k" in b or
+              "JOIN assignment_actions k" in b]
+    assert checks, plans[-3:]
+    for b in checks:
+        assert "assignment_actions_pkey on assignment_actions k" in b, b
+        assert "hashed SubPlan" not in b, b
+    for b in plans:
+        if "count(*) FROM gridd_assignment_actions(" not in b:
+            assert "Seq Scan on assignment" not in b, b
+
+
+# ---- a batch of workers' actions --------------------------------------------
+
+# 004_dispatch.sql's gridd_assignment_actions: each item by
+# gridd_assignment_act, one after another in assignment order, the events
+# last.  016_actions_set.sql must answer every batch as this does.
+_ACTIONS_ONE_BY_ONE = """
+CREATE FUNCTION pg_temp.actions_one_by_one(p_workers text[],
+    p_assignments bigint[], p_actions text[], p_notes text[],
+    p_lons double precision[], p_lats double precision[], p_keys text[],
+    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
+    p_retry_s integer, p_origin text)
+RETURNS SETOF gridd_dispatch_row LANGUAGE plpgsql AS $f$
+DECLARE
+    r gridd_dispatch_row; v_i integer;
+    v_inc bigint[] := '{}'; v_st text[] := '{}';
+    v_wk text[] := '{}'; v_nt text[] := '{}';
+BEGIN
+    FOR v_i IN SELECT u.i FROM unnest(p_assignments) WITH ORDINALITY
+        AS u(aid, i) ORDER BY u.aid, u.i
+    LOOP
+        FOR r IN SELECT * FROM gridd_assignment_act(p_workers[v_i],
+            p_assignments[v_i], p_actions[v_i], p_notes[v_i], p_lons[v_i],
+            p_lats[v_i], p_keys[v_i], p_timeout_s, p_max_offers,
+            p_max_age_s, p_retry_s, p_origin, true)
+        LOOP
+            IF r.outcome = 'event' THEN
+                v_inc := v_inc || r.incident_id; v_st := v_st || r.detail;
+                v_wk := v_wk || r.worker_id; v_nt := v_nt || r.summary;
+                CONTINUE;
+            ELSIF r.outcome = 'offered' THEN
+                v_inc := v_inc || r.incident_id;
+                v_st := v_st || 'dispatched'::text;
+                v_wk := v_wk || r.worker_id;
+                v_nt := v_nt || ('offered: ' || r.reason);
+            ELSIF r.outcome = 'escalated' THEN
+                v_inc := v_inc || r.incident_id;
+                v_st := v_st || 'escalated'::text;
+                v_wk := v_wk || NULL::text;
+                v_nt := v_nt || ('no worker: ' || r.detail);
+            END IF;
+            r.n := v_i;
+            RETURN NEXT r;
+        END LOOP;
+    END LOOP;
+    PERFORM gridd_dispatch_emit(v_inc, v_st, v_wk, v_nt);
+END $f$;
+"""
+
+
+def _sql_array(vals, typ):
+    def lit(v):
+        if v is None:
+            return "NULL"
+        if isinstance(v, str):
+            return "'" + v.replace("'", "''") + "'"
+        return repr(v)
+    return "ARRAY[%s]::%s[]" % (", ".join(lit(v) for v in vals), typ)
+
+
+def _run_actions(fn, items, incs, workers, before=""):
+    """Runs the batch items [(worker, assignment, action, note, lon, lat,
+    key)] through fn in a transaction that is rolled back; returns the
+    rows it answered and what it left in the database, as JSON text."""
+    cols = list(zip(*items))
+    call = "%s(%s, %s, %s, %s, %s, %s, %s, 5, 3, 900, 30, 'test')" % (
+        fn, _sql_array(cols[0], "text"), _sql_array(cols[1], "bigint"),
+        _sql_array(cols[2], "text"), _sql_array(cols[3], "text"),
+        _sql_array(cols[4], "float8"), _sql_array(cols[5], "float8"),
+        _sql_array(cols[6], "text"))
+    ids = _sql_array(incs, "bigint")
+    wks = _sql_array(workers, "text")
+    script = """
+BEGIN;
+%s
+%s
+CREATE TEMP TABLE r AS SELECT * FROM %s WITH ORDINALITY AS x;
+SELECT json_build_object(
+ 'rows', (SELECT json_agg(json_build_object('o', outcome, 'd', detail,
+     'n', n, 'i', incident_id, 'w', worker_id, 'r', reason, 's', state,
+     'a', CASE WHEN outcome = 'offered' THEN NULL ELSE assignment_id END)
+     ORDER BY ordinality) FROM r),
+ 'asg', (SELECT json_agg(json_build_object('i', a.incident_id,
+     'w', a.worker_id, 's', a.state, 'r', a.reason, 'note', a.note,
+     'lon', a.resolve_lon, 'lat', a.resolve_lat,
+     'acc', a.accepted_at IS NOT NULL, 'st', a.started_at IS NOT NULL,
+     'res', a.resolved_at IS NOT NULL,
+     'timer', EXISTS (SELECT 1 FROM timers t WHERE t.kind = 'offer_expiry'
+         AND t.ref_id = a.assignment_id))
+     ORDER BY a.incident_id, a.offered_at, a.worker_id)
+     FROM assignments a WHERE a.incident_id = ANY (%s)),
+ 'inc', (SELECT json_agg(json_build_object('i', incident_id, 's', status,
+     'offers', offers) ORDER BY incident_id)
+     FROM incidents WHERE incident_id = ANY (%s)),
+ 'keys', (SELECT json_agg(json_build_object('w', worker_id,
+     'k', idempotency_key, 'a', assignment_id, 'x', action)
+     ORDER BY worker_id, idempotency_key)
+     FROM assignment_actions WHERE worker_id = ANY (%s)),
+ 'ev', (SELECT json_agg(json_build_object('d', department_id,
+     'seq', dept_seq, 'i', incident_id, 's', status, 'w', worker_id,
+     'note', note) ORDER BY department_id, dept_seq)
+     FROM events WHERE incident_id = ANY (%s)),
+ 'load', (SELECT json_agg(json_build_object('w', worker_id,
+     'n', open_count) ORDER BY worker_id)
+     FROM workers WHERE worker_id = ANY (%s)));
+ROLLBACK;
+""" % (_ACTIONS_ONE_BY_ONE if fn.startswith("pg_temp.") else "", before,
+       call, ids, ids, wks, ids, wks)
+    r = subprocess.run(
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+         "-h", harness.PGHOST, "-p", str(harness.PGPORT), "-U",
+         harness.PGUSER, "-d", env()["db"], "-f", "-"],
+        input=script, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_a_batch_of_actions_answers_as_one_action_after_another():
+    e = env()
+    tag, ws = community([([1], 5)] * 8)
+    conns = [on_duty_worker(w) for w in ws]
+    incs = [new_incident(tag, 1) for _ in range(7)]
+    offer = {}                      # incident -> (assignment, worker)
+    for inc in incs:
+        aid, wk = dc.wait_for(lambda: psql(
+            "SELECT assignment_id, worker_id FROM assignments "
+            "WHERE incident_id = %d AND state = 'offered'" % inc, e["db"]),
+            what="offer of %d" % inc)[0]
+        offer[inc] = (int(aid), wk)
+    conn_of = dict(zip(ws, conns))
+    (a1, w1), (a2, w2), (a3, w3), (a4, w4), (a5, w5), (a6, w6), \
+        (a7, w7) = [offer[i] for i in incs]
+    assert len({w1, w2, w3, w4, w5, w6, w7}) == 7, offer
+    # a3 accepted with a key; a4 started with one: what START and RESOLVE
+    # need, and keys already stored.
+    expect_body(dc.update(conn_of[w3], a3, "ACCEPT", key="k3"), "ok")
+    expect_body(dc.update(conn_of[w4], a4, "ACCEPT"), "ok")
+    expect_body(dc.update(conn_of[w4], a4, "START", key="k4"), "ok")
+    # Two more incidents: the eighth worker's offer, then a second offer
+    # for one of the seven.
+    incs.append(new_incident(tag, 1))
+    incs.append(new_incident(tag, 1))
+    twice = dc.wait_for(lambda: psql(
+        "SELECT worker_id, max(assignment_id) FROM assignments "
+        "WHERE incident_id IN (%s) AND state = 'offered' "
+        "GROUP BY worker_id HAVING count(*) = 2"
+        % ",".join(map(str, incs)), e["db"]), what="a second offer")
+    w9, a9 = twice[0][0], int(twice[0][1])
+    a9_first = offer[next(i for i in incs[:7] if offer[i][1] == w9)][0]
+    # No offer may expire while the batches are compared.
+    psql("UPDATE timers SET fire_at = now() + interval '1 hour' "
+         "WHERE kind = 'offer_expiry' AND ref_id IN (SELECT assignment_id "
+         "FROM assignments WHERE incident_id IN (%s))"
+         % ",".join(map(str, incs)), e["db"])
+    lon, lat = dc.cell_point(tag, 1)
+    acc1 = (w1, a1, "accept", None, None, None, "b-1")
+    acc2 = (w2, a2, "accept", None, None, None, None)
+    start3 = (w3, a3, "start", None, None, None, "b-3")
+    res4 = (w4, a4, "resolve", "done", lon, lat, "b-4")
+    batches = {
+        # Every item certain: the set pass takes them all.
+        "all_certain": ([res4, acc1, start3, acc2], ""),
+        # A DECLINE ends the prefix; after it, a wrong worker, a second
+        # action on one assignment, an unknown assignment.
+        "decline": ([acc1, acc2, start3, res4,
+                     (w5, a5, "decline", "busy", None, None, None),
+                     (w7, a6, "accept", None, None, None, None),
+                     (w7, a7, "accept", None, None, None, "b-7"),
+                     (w7, a7, "start", None, None, None, "b-7s"),
+                     (w7, 999999999, "accept", None, None, None, None)], ""),
+        # One assignment twice inside what would be the prefix.
+        "twice": ([acc1, acc2, (w2, a2, "accept", None, None, None, None),
+                   start3], ""),
+        # Another worker's assignment, second in order.
+        "forbidden": ([acc1, (w7, a2, "accept", None, None, None, None),
+                       start3], ""),
+        # A state the action does not fit, second in order.
+        "state": ([acc1, (w2, a2, "start", None, None, None, None), start3],
+                  ""),
+        # A replayed key first: nothing for the set pass.
+        "replay": ([(w3, a3, "accept", None, None, None, "k3"), acc1,
+                    (w3, a3, "start", None, None, None, "k3")], ""),
+        # A stored key used again for an action that would fit.
+        "stored_key": ([acc1, acc2,
+                        (w4, a4, "resolve", "x", None, None, "k4")], ""),
+        # A cancelled incident in the middle.
+        "cancelled": ([acc1, acc2, start3],
+                      "UPDATE incidents SET status = 'cancelled' "
+                      "WHERE incident_id = %d;" % incs[1]),
+        # One key twice for one worker, on two assignments: the second
+        # is a conflict.
+        "key_twice": ([(w9, a9_first, "accept", None, None, None, "same"),
+                       (w9, a9, "accept", None, None, None, "same"),
+                       acc2], ""),
+    }
+    for name, (items, before) in batches.items():
+        want = _run_actions("pg_temp.actions_one_by_one", items, incs, ws,
+                            before)
+        got = _run_actions("gridd_assignment_actions", items, incs, ws,
+                           before)
+        assert got == want, "%s:\n one by one %s\n batch      %s" % (
+            name, want, got)
+        assert '"o" : "ok"' in want, (name, want)
+    # The comparison saw the prefix's own writes: a key, a transition,
+    # a timer gone, an event.
+    got = json.loads(_run_actions("gridd_assignment_actions",
+                                  batches["all_certain"][0], incs, ws))
+    assert [r["o"] for r in got["rows"]] == ["ok"] * 4, got["rows"]
+    assert sorted(k["k"] for k in got["keys"] if k["w"] in (w1, w3, w4)) \
+        == ["b-1", "b-3", "b-4", "k3", "k4"], got["keys"]
+    for c in conns:
+        c.close()
 
 
 def test_wrong_worker_forbidden():
