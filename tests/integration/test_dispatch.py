@@ -1100,6 +1100,48 @@ def test_action_batch_reads_keys_by_index():
             assert "Seq Scan on assignment" not in b, b
 
 
+def test_password_hash_rule_accepts_what_it_always_did():
+    # 017_worker_hash_check.sql rewrote the workers' password-hash CHECK
+    # (its counted repetitions made every update of a worker's row slow):
+    # it must accept exactly the strings 001_init.sql's expression did.
+    old = ("^pbkdf2-sha256\\$[0-9]{1,10}\\$[0-9a-f]{16,128}"
+           "\\$[0-9a-f]{64}$")
+    it, salt, h = "1000", "0123456789abcdef", "a" * 64
+    cands = ["pbkdf2-sha256$%s$%s$%s" % p for p in [
+        (it, salt, h), ("1", salt, h), ("1234567890", salt, h),
+        ("12345678901", salt, h), ("", salt, h), ("1a", salt, h),
+        (it, salt[:15], h), (it, "f" * 128, h), (it, "f" * 129, h),
+        (it, "A" * 16, h), (it, salt + "g", h), (it, "", h),
+        (it, salt, h[:63]), (it, salt, h + "a"), (it, salt, "A" * 64),
+        (it, salt, "9" * 63 + "$"), (it, salt, h + "\n"),
+        (it, salt, h + " "), (it + "$1", salt, h), (it, salt + "$", h),
+        (it, salt, ""), (it, salt, h + "$" + h)]]
+    cands += ["pbkdf2-sha512$%s$%s$%s" % (it, salt, h),
+              "PBKDF2-sha256$%s$%s$%s" % (it, salt, h),
+              " pbkdf2-sha256$%s$%s$%s" % (it, salt, h),
+              "xpbkdf2-sha256$%s$%s$%s" % (it, salt, h),
+              "pbkdf2-sha256$%s$%s" % (it, salt), "pbkdf2-sha256", "", "$$$"]
+    lits = ", ".join("'%s'" % c.replace("'", "''") for c in cands)
+    out, err = psql_stdin(
+        "BEGIN;"
+        " CREATE TEMP TABLE wk (LIKE workers INCLUDING DEFAULTS"
+        " INCLUDING CONSTRAINTS);"
+        " CREATE FUNCTION pg_temp.accepts(h text) RETURNS boolean"
+        " LANGUAGE plpgsql AS $f$ BEGIN"
+        " INSERT INTO wk (worker_id, community_id, password_hash)"
+        " VALUES ('w', 'c', h); DELETE FROM wk; RETURN true;"
+        " EXCEPTION WHEN check_violation THEN RETURN false; END $f$;"
+        " SELECT u.ord, pg_temp.accepts(u.h), u.h ~ '%s'"
+        " FROM unnest(ARRAY[%s]) WITH ORDINALITY AS u(h, ord)"
+        " ORDER BY u.ord;"
+        " ROLLBACK;" % (old, lits), env()["db"])
+    rows = [ln.split("|") for ln in out.split("\n") if ln.count("|") == 2]
+    assert len(rows) == len(cands), (out, err)
+    for ordn, now, then in rows:
+        assert now == then, (cands[int(ordn) - 1], now, then)
+    assert {r[1] for r in rows} == {"t", "f"}, rows
+
+
 # ---- a batch of workers' actions --------------------------------------------
 
 # 004_dispatch.sql's gridd_assignment_actions: each item by
@@ -1207,13 +1249,8 @@ SELECT json_build_object(
 ROLLBACK;
 """ % (_ACTIONS_ONE_BY_ONE if fn.startswith("pg_temp.") else "", before,
        call, ids, ids, wks, ids, wks)
-    r = subprocess.run(
-        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-         "-h", harness.PGHOST, "-p", str(harness.PGPORT), "-U",
-         harness.PGUSER, "-d", env()["db"], "-f", "-"],
-        input=script, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    out, _ = psql_stdin(script, env()["db"])
+    return out.strip()
 
 
 def test_a_batch_of_actions_answers_as_one_action_after_another():
