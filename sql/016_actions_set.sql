@@ -23,17 +23,22 @@
 -- key not stored before, no assignment and no (worker, key) twice in the
 -- prefix.  It locks the prefix's assignments and then their incidents in
 -- assignment order, checks them under the locks, and writes the keys, the
--- transitions, the offer timers' deletion and the incidents' statuses
--- with one statement each.  The rest of the batch, from the first item
--- that is not certain, goes through gridd_assignment_act one item at a
--- time in order, as before; the events of all items are written last, in
--- item order, by one gridd_dispatch_emit call, as before.  So every item
--- gets the answer, the rows and the events that the loop gave it.
+-- offer timers' deletion, the transitions (whose trigger locks a
+-- resolving worker's row) and the incidents' statuses with one statement
+-- each.  So rows are locked as each item of the loop locks them: its
+-- assignment, its incident, then an accept's timer or a resolve's worker
+-- (never both), the timers here before the workers.  The rest of the
+-- batch, from the first item that is not certain, goes through
+-- gridd_assignment_act one item at a time in order, as before; the
+-- events of all items are written last, in item order, by one
+-- gridd_dispatch_emit call, as before.  So every item gets the answer,
+-- the rows and the events that the loop gave it.
 --
--- A key stored by another transaction between the check and the insert
--- (the same worker sending one key on two connections at that moment)
--- fails the batch, which the daemon then runs item by item, where that
--- item reads CONFLICT or its replay, as a lone action would.
+-- A key that another transaction stores between the check and the insert
+-- (one worker's key sent for another assignment through a second daemon
+-- at that moment: the insert waits for that transaction) sends the whole
+-- batch through the loop instead, the keys just inserted taken back, so
+-- that the item reads CONFLICT there, as it did.
 CREATE OR REPLACE FUNCTION gridd_assignment_actions(p_workers text[],
     p_assignments bigint[], p_actions text[], p_notes text[],
     p_lons double precision[], p_lats double precision[], p_keys text[],
@@ -51,6 +56,8 @@ DECLARE
 	v_m integer;		-- the set pass takes v_ord[1 .. v_m]
 	v_keys integer;
 	v_n integer;
+	k_wk text[];		-- the keys the prefix inserted
+	k_key text[];
 	-- The prefix's items, in order: position, assignment, incident,
 	-- the state they go to, worker, community, action, key, note, point.
 	f_i integer[];
@@ -121,17 +128,21 @@ BEGIN
 		WHERE x.stop;
 	END IF;
 	IF v_m > 0 THEN
-		-- Their incidents, locked in the same order; a closed or
-		-- cancelled one ends the prefix.
-		SELECT coalesce(min(x.pos) - 1, v_m)
+		-- Their incidents, locked in the same order, every one of them
+		-- (the test is in the aggregate's FILTER: as a WHERE outside
+		-- the locking subquery it was pushed down into it, and only the
+		-- closed and cancelled incidents were locked); a closed or
+		-- cancelled one ends the prefix.  The prefix's items are live
+		-- assignments of distinct incidents (assignments_one_live_idx).
+		SELECT coalesce(min(x.pos) FILTER (WHERE x.status IN ('closed',
+		    'cancelled')) - 1, v_m)
 		INTO v_m
 		FROM (SELECT o.pos, i.status
 		    FROM unnest(v_ord[1:v_m]) WITH ORDINALITY AS o(i, pos)
 		    JOIN assignments a ON a.assignment_id = p_assignments[o.i]
 		    JOIN incidents i ON i.incident_id = a.incident_id
 		    ORDER BY o.pos
-		    FOR NO KEY UPDATE OF i) x
-		WHERE x.status IN ('closed', 'cancelled');
+		    FOR NO KEY UPDATE OF i) x;
 	END IF;
 
 	IF v_m > 0 THEN
@@ -156,22 +167,39 @@ BEGIN
 		SELECT count(*) INTO v_keys FROM unnest(f_key) k
 		WHERE k IS NOT NULL;
 		IF v_keys > 0 THEN
-			INSERT INTO assignment_actions (worker_id,
-			    idempotency_key, assignment_id, community_id, action)
-			SELECT u.wk, u.key, u.aid, u.comm, u.act
-			FROM unnest(f_wk, f_key, f_aid, f_comm, f_act)
-			    AS u(wk, key, aid, comm, act)
-			WHERE u.key IS NOT NULL
-			ON CONFLICT DO NOTHING;
-			GET DIAGNOSTICS v_n = ROW_COUNT;
+			WITH ins AS (
+				INSERT INTO assignment_actions (worker_id,
+				    idempotency_key, assignment_id,
+				    community_id, action)
+				SELECT u.wk, u.key, u.aid, u.comm, u.act
+				FROM unnest(f_wk, f_key, f_aid, f_comm, f_act)
+				    AS u(wk, key, aid, comm, act)
+				WHERE u.key IS NOT NULL
+				ON CONFLICT DO NOTHING
+				RETURNING worker_id, idempotency_key
+			)
+			SELECT count(*), array_agg(ins.worker_id),
+			    array_agg(ins.idempotency_key)
+			INTO v_n, k_wk, k_key
+			FROM ins;
 			IF v_n <> v_keys THEN
-				RAISE EXCEPTION USING
-				    ERRCODE = 'serialization_failure',
-				    MESSAGE = 'gridd_assignment_actions: an '
-					'idempotency key was stored meanwhile';
+				-- Stored meanwhile (above): nothing but these
+				-- keys was written yet.
+				DELETE FROM assignment_actions k
+				USING unnest(k_wk, k_key) AS u(wk, key)
+				WHERE k.worker_id = u.wk
+				    AND k.idempotency_key = u.key;
+				v_m := 0;
 			END IF;
 		END IF;
+	END IF;
 
+	IF v_m > 0 THEN
+		-- An accepted offer no longer expires.
+		DELETE FROM timers t
+		USING unnest(f_aid, f_act) AS u(aid, act)
+		WHERE u.act = 'accept' AND t.kind = 'offer_expiry'
+		    AND t.ref_id = u.aid;
 		UPDATE assignments a SET state = u.st,
 		    accepted_at = CASE WHEN u.st = 'accepted' THEN now()
 			ELSE a.accepted_at END,
@@ -188,11 +216,6 @@ BEGIN
 		FROM unnest(f_aid, f_to, f_note, f_lon, f_lat)
 		    AS u(aid, st, note, lon, lat)
 		WHERE a.assignment_id = u.aid;
-		-- An accepted offer no longer expires.
-		DELETE FROM timers t
-		USING unnest(f_aid, f_act) AS u(aid, act)
-		WHERE u.act = 'accept' AND t.kind = 'offer_expiry'
-		    AND t.ref_id = u.aid;
 		UPDATE incidents i SET status = u.st, updated_at = now()
 		FROM unnest(f_inc, f_to) AS u(inc, st)
 		WHERE i.incident_id = u.inc;

@@ -1094,7 +1094,8 @@ def test_action_batch_reads_keys_by_index():
     assert checks, plans[-3:]
     for b in checks:
         assert "assignment_actions_pkey on assignment_actions k" in b, b
-        assert "hashed SubPlan" not in b, b
+        assert "Index Cond: ((worker_id = " in b, b
+        assert "Hash" not in b and "hashed SubPlan" not in b, b
     for b in plans:
         if "count(*) FROM gridd_assignment_actions(" not in b:
             assert "Seq Scan on assignment" not in b, b
@@ -1204,7 +1205,10 @@ def _sql_array(vals, typ):
 def _run_actions(fn, items, incs, workers, before=""):
     """Runs the batch items [(worker, assignment, action, note, lon, lat,
     key)] through fn in a transaction that is rolled back; returns the
-    rows it answered and what it left in the database, as JSON text."""
+    rows it answered and what it left in the database, as JSON text.  The
+    sequence numbers of the events it wrote are given from the
+    department's last one: the daemon may commit events of the same
+    department between two runs."""
     cols = list(zip(*items))
     call = "%s(%s, %s, %s, %s, %s, %s, %s, 5, 3, 900, 30, 'test')" % (
         fn, _sql_array(cols[0], "text"), _sql_array(cols[1], "bigint"),
@@ -1239,10 +1243,13 @@ SELECT json_build_object(
      'k', idempotency_key, 'a', assignment_id, 'x', action)
      ORDER BY worker_id, idempotency_key)
      FROM assignment_actions WHERE worker_id = ANY (%s)),
- 'ev', (SELECT json_agg(json_build_object('d', department_id,
-     'seq', dept_seq, 'i', incident_id, 's', status, 'w', worker_id,
-     'note', note) ORDER BY department_id, dept_seq)
-     FROM events WHERE incident_id = ANY (%s)),
+ 'ev', (SELECT json_agg(json_build_object('d', e.department_id,
+     'seq', CASE WHEN e.xmin::text = (txid_current() %% 4294967296)::text
+         THEN e.dept_seq - s.last_seq ELSE e.dept_seq END,
+     'i', e.incident_id, 's', e.status, 'w', e.worker_id, 'note', e.note)
+     ORDER BY e.department_id, e.dept_seq)
+     FROM events e JOIN department_seq s USING (department_id)
+     WHERE e.incident_id = ANY (%s)),
  'load', (SELECT json_agg(json_build_object('w', worker_id,
      'n', open_count) ORDER BY worker_id)
      FROM workers WHERE worker_id = ANY (%s)));
@@ -1331,14 +1338,18 @@ def test_a_batch_of_actions_answers_as_one_action_after_another():
                        (w9, a9, "accept", None, None, None, "same"),
                        acc2], ""),
     }
+    # Each with the plans of a first call and with the generic plans a
+    # daemon's connection runs after five.
+    generic = "SET LOCAL plan_cache_mode = force_generic_plan;"
     for name, (items, before) in batches.items():
-        want = _run_actions("pg_temp.actions_one_by_one", items, incs, ws,
-                            before)
-        got = _run_actions("gridd_assignment_actions", items, incs, ws,
-                           before)
-        assert got == want, "%s:\n one by one %s\n batch      %s" % (
-            name, want, got)
-        assert '"o" : "ok"' in want, (name, want)
+        for plans in ("", generic):
+            want = _run_actions("pg_temp.actions_one_by_one", items, incs,
+                                ws, plans + before)
+            got = _run_actions("gridd_assignment_actions", items, incs, ws,
+                               plans + before)
+            assert got == want, "%s%s:\n one by one %s\n batch      %s" % (
+                name, plans and " (generic plans)", want, got)
+            assert '"o" : "ok"' in want, (name, want)
     # The comparison saw the prefix's own writes: a key, a transition,
     # a timer gone, an event.
     got = json.loads(_run_actions("gridd_assignment_actions",
@@ -1348,6 +1359,96 @@ def test_a_batch_of_actions_answers_as_one_action_after_another():
         == ["b-1", "b-3", "b-4", "k3", "k4"], got["keys"]
     for c in conns:
         c.close()
+
+
+def _held(hold_sql, db, name):
+    """hold_sql run in a transaction of its own that sleeps 2 s before it
+    commits; returns its process once it sleeps, holding its locks."""
+    p = subprocess.Popen(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", harness.conninfo(db),
+         "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    p.stdin.write("SET application_name = '%s'; BEGIN; %s"
+                  " SELECT pg_sleep(2); COMMIT;" % (name, hold_sql))
+    p.stdin.close()
+    dc.wait_for(lambda: psql1(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+        " '%s' AND query LIKE '%%pg_sleep%%'" % name, db) == "1",
+        what="the holding session")
+    return p
+
+
+def _offered(tag, n):
+    """n incidents pushed into tag's first cell, each offered: their
+    [(incident, assignment, worker)], the offers kept from expiring."""
+    db = env()["db"]
+    out = []
+    for _ in range(n):
+        inc = new_incident(tag, 1)
+        aid, wk = dc.wait_for(lambda: psql(
+            "SELECT assignment_id, worker_id FROM assignments "
+            "WHERE incident_id = %d AND state = 'offered'" % inc, db),
+            what="offer of %d" % inc)[0]
+        out.append((inc, int(aid), wk))
+    psql("UPDATE timers SET fire_at = now() + interval '1 hour' "
+         "WHERE kind = 'offer_expiry' AND ref_id IN (%s)"
+         % ",".join(str(a) for _, a, _ in out), db)
+    return out
+
+
+def _batch_sql(items):
+    cols = list(zip(*items))
+    return ("SELECT outcome, detail FROM gridd_assignment_actions("
+            "%s, %s, %s, %s, %s, %s, %s, 5, 3, 900, 30, 'test')" % (
+                _sql_array(cols[0], "text"), _sql_array(cols[1], "bigint"),
+                _sql_array(cols[2], "text"), _sql_array(cols[3], "text"),
+                _sql_array(cols[4], "float8"), _sql_array(cols[5], "float8"),
+                _sql_array(cols[6], "text")))
+
+
+def test_a_batch_checks_its_incidents_under_their_locks():
+    # A status change committed while the batch waits for the incident's
+    # lock is what the batch sees, as an action one at a time saw it: the
+    # set pass once locked only the incidents it found closed.
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    (inc, aid, wk), = _offered(tag, 1)
+    hold = _held("UPDATE incidents SET status = 'cancelled' WHERE"
+                 " incident_id = %d;" % inc, e["db"], "hold-inc-%d" % inc)
+    out, _ = psql_stdin(
+        "BEGIN; %s; SELECT status FROM incidents WHERE incident_id = %d;"
+        " ROLLBACK;" % (_batch_sql([(wk, aid, "accept", None, None, None,
+                                     None)]), inc), e["db"])
+    assert hold.wait(timeout=30) == 0, hold.stderr.read()
+    assert out.split() == ["conflict|incident", "is", "cancelled",
+                           "cancelled"], out
+    c1.close()
+
+
+def test_a_key_stored_meanwhile_reads_conflict_in_a_batch():
+    # One worker's key stored for another assignment by a transaction
+    # that commits while the batch waits to insert it: CONFLICT, as for an
+    # action one at a time, not an error (a lone action is a batch of one
+    # and is not run again).
+    e = env()
+    tag, (w1,) = community([([1], 5)])
+    c1 = on_duty_worker(w1)
+    (_, a1, wk), (_, a2, wk2) = _offered(tag, 2)
+    assert wk == wk2 == w1
+    hold = _held("INSERT INTO assignment_actions (worker_id,"
+                 " idempotency_key, assignment_id, community_id, action)"
+                 " VALUES ('%s', 'K', %d, '%s', 'accept');" % (wk, a2, tag),
+                 e["db"], "hold-key-%d" % a1)
+    out, _ = psql_stdin(
+        "BEGIN; %s; SELECT state FROM assignments WHERE assignment_id = %d;"
+        " ROLLBACK;" % (_batch_sql([(wk, a1, "accept", None, None, None,
+                                     "K")]), a1), e["db"])
+    assert hold.wait(timeout=30) == 0, hold.stderr.read()
+    assert out.splitlines() == [
+        "conflict|idempotency_key already used for another action",
+        "offered"], out
+    c1.close()
 
 
 def test_wrong_worker_forbidden():
