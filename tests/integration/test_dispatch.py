@@ -1510,6 +1510,46 @@ def test_sla_overdue_escalated_once():
     c1.close()
 
 
+def _notifies():
+    """gridd_dispatch_notifies_total by outcome."""
+    import urllib.request
+    body = urllib.request.urlopen(
+        "http://127.0.0.1:%d/metrics" % env()["cfg"].http_port,
+        timeout=5).read().decode()
+    out = {}
+    for line in body.splitlines():
+        m = re.match(r'gridd_dispatch_notifies_total\{outcome="(\w+)"\} '
+                     r'(\S+)$', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_an_incident_offered_in_its_push_asks_the_dispatcher_nothing():
+    # The push NOTIFYs the dispatcher of each new incident for a worker;
+    # one already offered inside the push needs no statement after the
+    # commit, one that found no worker does (it is retried).
+    tag, (w1,) = community([([1], 5)])
+    before = _notifies()
+    c1 = on_duty_worker(w1)
+    inc = new_incident(tag, 1)
+    dc.recv_offer(c1, inc)
+    dc.wait_for(lambda: _notifies()["offered_in_push"] >
+                before["offered_in_push"], what="the push's NOTIFY")
+    now = _notifies()
+    assert now["offered_in_push"] == before["offered_in_push"] + 1, (
+        before, now)
+    assert now["queued"] == before["queued"], (before, now)
+    c1.close()
+    # Nobody on duty in a community of its own: escalated at the commit,
+    # and the NOTIFY goes to a statement as before.
+    tag2, _ = community([([1], 5)])
+    inc2 = new_incident(tag2, 1)
+    dc.wait_for(lambda: _notifies()["queued"] > now["queued"],
+                what="the NOTIFY of %d" % inc2)
+    assert _notifies()["offered_in_push"] == now["offered_in_push"]
+
+
 def test_metrics_move():
     e = env()
     tag, (w1,) = community([([1], 5)])
