@@ -1145,51 +1145,19 @@ def test_password_hash_rule_accepts_what_it_always_did():
 
 # ---- a batch of workers' actions --------------------------------------------
 
-# 004_dispatch.sql's gridd_assignment_actions: each item by
-# gridd_assignment_act, one after another in assignment order, the events
-# last.  016_actions_set.sql must answer every batch as this does.
-_ACTIONS_ONE_BY_ONE = """
-CREATE FUNCTION pg_temp.actions_one_by_one(p_workers text[],
-    p_assignments bigint[], p_actions text[], p_notes text[],
-    p_lons double precision[], p_lats double precision[], p_keys text[],
-    p_timeout_s integer, p_max_offers integer, p_max_age_s integer,
-    p_retry_s integer, p_origin text)
-RETURNS SETOF gridd_dispatch_row LANGUAGE plpgsql AS $f$
-DECLARE
-    r gridd_dispatch_row; v_i integer;
-    v_inc bigint[] := '{}'; v_st text[] := '{}';
-    v_wk text[] := '{}'; v_nt text[] := '{}';
-BEGIN
-    FOR v_i IN SELECT u.i FROM unnest(p_assignments) WITH ORDINALITY
-        AS u(aid, i) ORDER BY u.aid, u.i
-    LOOP
-        FOR r IN SELECT * FROM gridd_assignment_act(p_workers[v_i],
-            p_assignments[v_i], p_actions[v_i], p_notes[v_i], p_lons[v_i],
-            p_lats[v_i], p_keys[v_i], p_timeout_s, p_max_offers,
-            p_max_age_s, p_retry_s, p_origin, true)
-        LOOP
-            IF r.outcome = 'event' THEN
-                v_inc := v_inc || r.incident_id; v_st := v_st || r.detail;
-                v_wk := v_wk || r.worker_id; v_nt := v_nt || r.summary;
-                CONTINUE;
-            ELSIF r.outcome = 'offered' THEN
-                v_inc := v_inc || r.incident_id;
-                v_st := v_st || 'dispatched'::text;
-                v_wk := v_wk || r.worker_id;
-                v_nt := v_nt || ('offered: ' || r.reason);
-            ELSIF r.outcome = 'escalated' THEN
-                v_inc := v_inc || r.incident_id;
-                v_st := v_st || 'escalated'::text;
-                v_wk := v_wk || NULL::text;
-                v_nt := v_nt || ('no worker: ' || r.detail);
-            END IF;
-            r.n := v_i;
-            RETURN NEXT r;
-        END LOOP;
-    END LOOP;
-    PERFORM gridd_dispatch_emit(v_inc, v_st, v_wk, v_nt);
-END $f$;
-"""
+def _actions_one_by_one():
+    """004_dispatch.sql's gridd_assignment_actions, read from that file and
+    renamed pg_temp.actions_one_by_one: each item by gridd_assignment_act,
+    one after another in assignment order, the events last.
+    016_actions_set.sql must answer every batch as this does."""
+    with open(os.path.join(harness.SOURCE_DIR, "sql",
+                           "004_dispatch.sql")) as f:
+        text = f.read()
+    head = "CREATE FUNCTION gridd_assignment_actions("
+    start = text.index(head)
+    end = text.index("\n$$;\n", start) + len("\n$$;\n")
+    return text[start:end].replace(
+        head, "CREATE FUNCTION pg_temp.actions_one_by_one(", 1)
 
 
 def _sql_array(vals, typ):
@@ -1254,7 +1222,7 @@ SELECT json_build_object(
      'n', open_count) ORDER BY worker_id)
      FROM workers WHERE worker_id = ANY (%s)));
 ROLLBACK;
-""" % (_ACTIONS_ONE_BY_ONE if fn.startswith("pg_temp.") else "", before,
+""" % (_actions_one_by_one() if fn.startswith("pg_temp.") else "", before,
        call, ids, ids, wks, ids, wks)
     out, _ = psql_stdin(script, env()["db"])
     return out.strip()
