@@ -17,7 +17,14 @@
  * PQgetResult).  A batch goes out in pipeline mode as BEGIN, its
  * statements, COMMIT and one sync; when a statement fails the server skips
  * the rest, and a ROLLBACK ends the aborted transaction before the
- * connection is reused.
+ * connection is reused.  A statement added with db_batch_add_prepared
+ * goes as a named statement: a session that has not prepared it yet sends
+ * the Parse (PQsendPrepare) just before it in the same pipeline, and
+ * records it as prepared when the server says it is.  Named statements
+ * outlive transactions and DISCARD PLANS (which only makes them plan
+ * again); a session whose statement went missing or no longer fits its
+ * plan (another process redefined a function it calls) is closed after
+ * that request and opens afresh, preparing again.
  *
  * However a request ends (result, SQL error, timer expiry, lost connection,
  * pool freed) it goes through req_finish(), which moves it to the done list
@@ -109,6 +116,7 @@ struct db_stmt {
 	char *sql;
 	int nparams;
 	char **params;		/* NULL entries are SQL NULL */
+	int prep;		/* db_prepared id; 0: unnamed statement */
 };
 
 struct db_batch {
@@ -146,16 +154,17 @@ struct db_req {
 	struct db_res *results;		/* REQ_BATCH, batch->n entries */
 	struct db_res txn_err;		/* BEGIN or COMMIT refused */
 	int pipe_idx;			/* pipeline entries seen so far */
+	int *pipe;			/* REQ_BATCH: what each entry is */
+	int npipe;
 	bool rolling_back;
 };
 
-/* Pipeline entries a batch sends before its statements: BEGIN, and the SET
- * LOCAL of a batch with its own timeout. */
-static int
-batch_head(const struct db_batch *b)
-{
-	return b->timeout_ms > 0 ? 2 : 1;
-}
+/* A batch's pipeline entries, in req->pipe: a statement's index, or
+ * BEGIN, SET LOCAL or COMMIT, or the Parse of statement i. */
+#define PIPE_TXN		(-1)
+#define PIPE_PREP(i)		(-2 - (i))
+#define PIPE_PREP_STMT(e)	(-2 - (e))
+
 
 
 TAILQ_HEAD(req_list, db_req);
@@ -175,6 +184,8 @@ struct db_conn {
 	int64_t planned_at;		/* mono_ms() of its last DISCARD PLANS */
 	bool was_up;			/* had a session before: count reconnect */
 	bool flushing;
+	bool recycle;			/* close the session after its request */
+	uint64_t prepared;		/* bit id - 1: db_prepared ids it has */
 	bool listen_sent;		/* LISTEN statements in flight */
 	int listen_upto;		/* channels covered by listen_sent */
 };
@@ -438,6 +449,7 @@ stmt_copy(struct db_stmt *st, const char *sql, int nparams,
 	st->sql = xstrdup(sql);
 	st->nparams = nparams;
 	st->params = NULL;
+	st->prep = 0;
 	if (nparams > 0) {
 		st->params = xcalloc((size_t)nparams, sizeof(char *));
 		for (int i = 0; i < nparams; i++)
@@ -477,6 +489,33 @@ db_batch_add(struct db_batch *b, const char *sql, int nparams,
 		    sizeof(*b->stmts));
 	}
 	stmt_copy(&b->stmts[b->n++], sql, nparams, params);
+}
+
+/* Ids for db_prepared objects, process-wide: every pool's sessions name
+ * a statement alike. */
+static int prepared_ids;
+
+void
+db_batch_add_prepared(struct db_batch *b, struct db_prepared *ps,
+    const char *const *params)
+{
+	int n = b->n;
+
+	db_batch_add(b, ps->sql, ps->nparams, params);
+	if (b->n == n)
+		return;
+	if (ps->id == 0) {
+		if (prepared_ids < DB_PREPARED_MAX) {
+			ps->id = ++prepared_ids;
+		} else {
+			ps->id = -1;
+			log_error("event=db_prepare error=\"more than %d "
+			    "prepared statements; the rest go unprepared\"",
+			    DB_PREPARED_MAX);
+		}
+	}
+	if (ps->id > 0)
+		b->stmts[n].prep = ps->id;
 }
 
 int
@@ -523,6 +562,7 @@ req_free(struct db_req *req)
 		free(req->results);
 		db_batch_free(req->batch);
 	}
+	free(req->pipe);
 	res_clear(&req->res);
 	res_clear(&req->txn_err);
 	free(req);
@@ -954,6 +994,9 @@ conn_connected(struct db_conn *c)
 		log_info("event=db_connected slot=%d", c->slot);
 	c->failures = 0;
 	c->up_since = mono_ms();
+	/* A new session: nothing prepared on it yet. */
+	c->prepared = 0;
+	c->recycle = false;
 	/* Up to a quarter of the interval early, so that the sessions of a
 	 * pool that connected together do not all replan at once. */
 	c->planned_at = c->up_since;
@@ -1038,14 +1081,59 @@ send_stmt(PGconn *pg, const struct db_stmt *st)
 	    (const char *const *)st->params, NULL, NULL, 0) == 1;
 }
 
+static void
+prepared_name(char *buf, size_t len, int id)
+{
+	snprintf(buf, len, "gridd_%d", id);
+}
+
 static bool
-send_batch(PGconn *pg, const struct db_batch *b)
+prepared_on(const struct db_conn *c, int id)
+{
+	return (c->prepared >> (id - 1)) & 1;
+}
+
+/* A statement of a batch: a named one, prepared first on a session that
+ * has not; records what each pipeline entry is in req->pipe. */
+static bool
+send_batch_stmt(struct db_conn *c, struct db_req *req, int i)
+{
+	const struct db_stmt *st = &req->batch->stmts[i];
+	char name[32];
+
+	if (st->prep == 0) {
+		req->pipe[req->npipe++] = i;
+		return send_stmt(c->pg, st);
+	}
+	prepared_name(name, sizeof(name), st->prep);
+	if (!prepared_on(c, st->prep)) {
+		if (PQsendPrepare(c->pg, name, st->sql, st->nparams,
+		    NULL) != 1)
+			return false;
+		req->pipe[req->npipe++] = PIPE_PREP(i);
+	}
+	req->pipe[req->npipe++] = i;
+	return PQsendQueryPrepared(c->pg, name, st->nparams,
+	    (const char *const *)st->params, NULL, NULL, 0) == 1;
+}
+
+static bool
+send_batch(struct db_conn *c, struct db_req *req)
 {
 	static const struct db_stmt begin = { .sql = "BEGIN" };
 	static const struct db_stmt commit = { .sql = "COMMIT" };
+	const struct db_batch *b = req->batch;
+	PGconn *pg = c->pg;
 
+	/* At most BEGIN, SET, a Parse and an execution per statement, and
+	 * COMMIT. */
+	free(req->pipe);
+	req->pipe = xcalloc((size_t)b->n * 2 + 3, sizeof(int));
+	req->npipe = 0;
+	req->pipe_idx = 0;
 	if (PQenterPipelineMode(pg) != 1 || !send_stmt(pg, &begin))
 		return false;
+	req->pipe[req->npipe++] = PIPE_TXN;
 	if (b->timeout_ms > 0) {
 		/* The server's limit for this transaction only; it ends a
 		 * little after the client's timer, as the session's does. */
@@ -1056,10 +1144,12 @@ send_batch(PGconn *pg, const struct db_batch *b)
 		    b->timeout_ms + DB_STMT_GRACE_MS);
 		if (!send_stmt(pg, &set))
 			return false;
+		req->pipe[req->npipe++] = PIPE_TXN;
 	}
 	for (int i = 0; i < b->n; i++)
-		if (!send_stmt(pg, &b->stmts[i]))
+		if (!send_batch_stmt(c, req, i))
 			return false;
+	req->pipe[req->npipe++] = PIPE_TXN;
 	return send_stmt(pg, &commit) && PQpipelineSync(pg) == 1;
 }
 
@@ -1079,7 +1169,7 @@ conn_send(struct db_conn *c, struct db_req *req)
 	if (req->kind == REQ_QUERY)
 		ok = send_stmt(c->pg, &req->stmt);
 	else
-		ok = send_batch(c->pg, req->batch);
+		ok = send_batch(c, req);
 	if (!ok) {
 		conn_lost(c, PQerrorMessage(c->pg));
 		return;
@@ -1204,12 +1294,43 @@ batch_after_sync(struct db_conn *c, struct db_req *req)
 	return STEP_DONE;
 }
 
+/* The Parse of statement i: the session has it from now on, or the
+ * statement fails with the server's reason. */
+static void
+prepare_result(struct db_conn *c, struct db_req *req, int i, PGresult *r)
+{
+	int id = req->batch->stmts[i].prep;
+
+	switch (PQresultStatus(r)) {
+	case PGRES_COMMAND_OK:
+		c->prepared |= UINT64_C(1) << (id - 1);
+		c->pool->stats.prepares++;
+		PQclear(r);
+		break;
+	case PGRES_PIPELINE_ABORTED:
+		/* An earlier statement failed: not parsed, not recorded. */
+		PQclear(r);
+		break;
+	default:
+		res_from_pg(&req->results[i], r);
+		break;
+	}
+}
+
+/* A named statement that went missing from the session (26000), or whose
+ * result no longer fits what it was prepared with (0A000: "cached plan
+ * must not change result type"), is prepared afresh in a new session. */
+static bool
+prepared_stale(const struct db_res *res)
+{
+	return strcmp(res->sqlstate, "26000") == 0 ||
+	    strcmp(res->sqlstate, "0A000") == 0;
+}
+
 static enum result_step
 batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 {
-	int n = req->batch->n;
-	int head = batch_head(req->batch);
-	int idx;
+	int idx, ent;
 
 	if (req->rolling_back) {
 		if (r != NULL) {
@@ -1236,7 +1357,16 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 		return batch_after_sync(c, req);
 	}
 	idx = req->pipe_idx++;
-	if (idx < head || idx == n + head) {	/* BEGIN, SET or COMMIT */
+	if (idx >= req->npipe) {
+		PQclear(r);
+		return STEP_MORE;
+	}
+	ent = req->pipe[idx];
+	if (ent <= PIPE_PREP(0)) {
+		prepare_result(c, req, PIPE_PREP_STMT(ent), r);
+		return STEP_MORE;
+	}
+	if (ent == PIPE_TXN) {			/* BEGIN, SET or COMMIT */
 		struct db_res tmp = { 0 };
 
 		res_from_pg(&tmp, r);
@@ -1247,18 +1377,19 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 			req->txn_err = tmp;
 		return STEP_MORE;
 	}
-	if (idx > n + head) {
+	if (req->results[ent].set) {
+		/* Its Parse failed: the statement keeps that reason. */
 		PQclear(r);
-		return STEP_MORE;
-	}
-	idx -= head;
-	if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+	} else if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
 		PQclear(r);
-		res_synthetic(&req->results[idx], DB_SQL_ERROR, NULL,
+		res_synthetic(&req->results[ent], DB_SQL_ERROR, NULL,
 		    "not run: an earlier statement of the batch failed");
 	} else {
-		res_from_pg(&req->results[idx], r);
+		res_from_pg(&req->results[ent], r);
 	}
+	if (req->batch->stmts[ent].prep != 0 &&
+	    prepared_stale(&req->results[ent]))
+		c->recycle = true;
 	return STEP_MORE;
 }
 
@@ -1431,7 +1562,11 @@ conn_release(struct db_conn *c)
 		conn_set_state(c, CONN_OFF);
 		return;
 	}
-	if (c->gen != pool->gen) {
+	if (c->gen != pool->gen || c->recycle) {
+		if (c->recycle)
+			log_warn("event=db_conn_recycle slot=%d reason=\"a "
+			    "prepared statement is missing or stale\"",
+			    c->slot);
 		conn_close_session(c);
 		c->failures = 0;
 		conn_schedule(c, 0);

@@ -40,6 +40,7 @@ struct db_stats {
 	uint64_t timeouts;
 	uint64_t reconnects;
 	uint64_t replans;	/* DISCARD PLANS done (replan_interval_ms) */
+	uint64_t prepares;	/* statements prepared on a session */
 };
 
 /* One statement's result; valid only inside the callback that receives it. */
@@ -78,6 +79,26 @@ bool db_query(struct db_pool *pool, const char *sql, int nparams,
 struct db_batch *db_batch_new(void);
 /* Copies sql and params. */
 void db_batch_add(struct db_batch *b, const char *sql, int nparams,
+    const char *const *params);
+/*
+ * A statement each session prepares once, at its first use there (a named
+ * statement of the extended protocol), and then only binds and executes:
+ * the parse, analysis and plan of its text are not paid again on every
+ * call.  For the statements sent hundreds of times a second.  One static
+ * object per statement text:
+ *	static struct db_prepared ps = DB_PREPARED(sql, nparams);
+ * sql must outlive every pool.  Past DB_PREPARED_MAX distinct objects in
+ * a process, the rest go unprepared (logged once).
+ */
+struct db_prepared {
+	const char *sql;
+	int nparams;
+	int id;			/* db.c's; 0 until first added */
+};
+#define DB_PREPARED(sql, nparams)	{ (sql), (nparams), 0 }
+#define DB_PREPARED_MAX		64
+/* As db_batch_add, the statement prepared on the session that runs it. */
+void db_batch_add_prepared(struct db_batch *b, struct db_prepared *ps,
     const char *const *params);
 int db_batch_count(const struct db_batch *b);
 /* Gives the batch its own limit (1 ms to 24 h) instead of query_timeout_ms:

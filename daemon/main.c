@@ -216,6 +216,11 @@ db_metrics(struct evbuffer *out)
 	    "(replan_interval_s).");
 	metrics_sample(out, "gridd_db_replans_total", NULL,
 	    (double)st.replans);
+	metrics_family(out, "gridd_db_prepares_total", "counter",
+	    "Statements prepared on a connection (once per connection and "
+	    "statement: the ingest call).");
+	metrics_sample(out, "gridd_db_prepares_total", NULL,
+	    (double)st.prepares);
 }
 
 static void

@@ -823,6 +823,115 @@ test_replan(const char *conninfo)
 	db_pool_free(pool);
 }
 
+/* Named statements: prepared once per session, at first use, in the
+ * batch's own pipeline; a Parse that fails or never runs is not recorded;
+ * a session whose statement went stale is replaced and prepares again. */
+static struct db_prepared ps_add = DB_PREPARED("SELECT $1::int + 1", 1);
+static struct db_prepared ps_bad = DB_PREPARED("SELECT no_such_column_x", 0);
+static struct db_prepared ps_late = DB_PREPARED("SELECT $1::text || 'x'", 1);
+static struct db_prepared ps_fn = DB_PREPARED("SELECT * FROM prep_fn()", 0);
+
+static uint64_t
+prepares(struct db_pool *pool)
+{
+	struct db_stats st;
+
+	db_pool_stats(pool, &st);
+	return st.prepares;
+}
+
+static void
+test_prepared(const char *conninfo)
+{
+	struct db_pool_opts o = pool_opts(conninfo, 1, 3000, 8);
+	struct db_pool *pool = new_pool(&o);
+	struct db_batch *b;
+	struct bres r;
+	const char *p[1];
+	char v[64], v2[64];
+	uint64_t n0;
+
+	check(wait_connected(pool, 5000), "prepared pool connects");
+	n0 = prepares(pool);
+	b = db_batch_new();
+	p[0] = "41";
+	db_batch_add_prepared(b, &ps_add, p);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "42") == 0 && prepares(pool) == n0 + 1,
+	    "a prepared statement runs (%s) and is prepared once (%llu)",
+	    r.v0[0], (unsigned long long)(prepares(pool) - n0));
+	b = db_batch_new();
+	p[0] = "1";
+	db_batch_add_prepared(b, &ps_add, p);
+	p[0] = "2";
+	db_batch_add_prepared(b, &ps_add, p);
+	db_batch_add(b, "SELECT count(*) FROM pg_prepared_statements "
+	    "WHERE statement = 'SELECT $1::int + 1'", 0, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "2") == 0 && strcmp(r.v0[1], "3") == 0 &&
+	    strcmp(r.v0[2], "1") == 0 && prepares(pool) == n0 + 1,
+	    "later uses on the session bind and execute only (%s %s, %s on "
+	    "the server, %llu prepared)", r.v0[0], r.v0[1], r.v0[2],
+	    (unsigned long long)(prepares(pool) - n0));
+
+	/* A statement the server cannot parse fails the batch with its own
+	 * reason, and is not recorded: it fails the same way again. */
+	for (int k = 0; k < 2; k++) {
+		b = db_batch_new();
+		db_batch_add(b, "SELECT 1", 0, NULL);
+		db_batch_add_prepared(b, &ps_bad, NULL);
+		check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
+		    strcmp(r.sqlstate[1], "42703") == 0 &&
+		    prepares(pool) == n0 + 1,
+		    "an unparsable prepared statement reads 42703 (%s), "
+		    "round %d", r.sqlstate[1], k + 1);
+	}
+	/* A Parse skipped because an earlier statement failed is not
+	 * recorded either: the next use prepares it. */
+	b = db_batch_new();
+	db_batch_add(b, "SELECT 1 / 0", 0, NULL);
+	p[0] = "a";
+	db_batch_add_prepared(b, &ps_late, p);
+	check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
+	    strcmp(r.sqlstate[0], "22012") == 0 && r.rst[1] == DB_SQL_ERROR &&
+	    prepares(pool) == n0 + 1, "a Parse after a failure is not run");
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_late, p);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "ax") == 0 && prepares(pool) == n0 + 2,
+	    "its next use prepares and runs it (%s %s)", r.v0[0],
+	    r.sqlstate[0]);
+
+	/* Another process redefines a function a prepared statement calls,
+	 * with another result type: the call fails once (0A000), the session
+	 * is replaced, and the next call prepares and runs anew. */
+	b = db_batch_new();
+	db_batch_add(b, "CREATE FUNCTION prep_fn() RETURNS integer "
+	    "LANGUAGE sql AS 'SELECT 7'", 0, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_OK, "prep_fn created");
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_fn, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "7") == 0, "prep_fn through a prepared call");
+	sync_value(conninfo, "DROP FUNCTION prep_fn()", v, sizeof(v));
+	sync_value(conninfo, "CREATE FUNCTION prep_fn() RETURNS text "
+	    "LANGUAGE sql AS 'SELECT ''seven'''", v2, sizeof(v2));
+	check(strcmp(v, "<error>") != 0 && strcmp(v2, "<error>") != 0,
+	    "prep_fn redefined elsewhere");
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_fn, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
+	    strcmp(r.sqlstate[0], "0A000") == 0,
+	    "a stale prepared call fails once (%s)", r.sqlstate[0]);
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_fn, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "seven") == 0,
+	    "the next call, on a new session, prepares it afresh (%s %s)",
+	    r.v0[0], r.sqlstate[0]);
+	db_pool_free(pool);
+}
+
 struct note {
 	int count;
 	bool done;
@@ -1439,6 +1548,7 @@ main(void)
 	test_batch_timeout(ci);
 	test_reconfigure(ci);
 	test_replan(ci);
+	test_prepared(ci);
 	test_listen(ci);
 	test_free_pending(ci);
 	check(reentrant_calls == 0,
