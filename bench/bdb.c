@@ -469,6 +469,23 @@ base_thread_main(void *arg)
 
 	if ((pg = connect_db(o->conninfo, t->err, sizeof(t->err))) == NULL)
 		return NULL;
+	/* Prepared once per connection, as the daemon prepares its call
+	 * (daemon/feed.c): the baseline pays what gridd pays per batch. */
+	{
+		bool gridd = o->mode == BDB_BASE_GRIDD;
+		PGresult *r = PQprepare(pg, "base",
+		    gridd ? SQL_GRIDD : SQL_MULTI,
+		    gridd ? GRIDD_NPARAMS : 7, NULL);
+
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			snprintf(t->err, sizeof(t->err), "prepare: %s",
+			    PQresultErrorMessage(r));
+			PQclear(r);
+			PQfinish(pg);
+			return NULL;
+		}
+		PQclear(r);
+	}
 	t->ok = true;
 	while (bc_now_us() < deadline && (cap == 0 || t->rows < cap)) {
 		const char *params[GRIDD_NPARAMS];
@@ -553,8 +570,7 @@ base_thread_main(void *arg)
 			np = 7;
 		}
 		t0 = bc_now_us();
-		r = PQexecParams(pg, gridd ? SQL_GRIDD : SQL_MULTI, np, NULL,
-		    params, NULL, NULL, 0);
+		r = PQexecPrepared(pg, "base", np, params, NULL, NULL, 0);
 		ok = gridd ? PQresultStatus(r) == PGRES_TUPLES_OK &&
 		    PQntuples(r) == batch : PQresultStatus(r) ==
 		    PGRES_COMMAND_OK && atoi(PQcmdTuples(r)) == batch;
