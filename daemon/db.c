@@ -18,13 +18,17 @@
  * statements, COMMIT and one sync; when a statement fails the server skips
  * the rest, and a ROLLBACK ends the aborted transaction before the
  * connection is reused.  A statement added with db_batch_add_prepared
- * goes as a named statement: a session that has not prepared it yet sends
- * the Parse (PQsendPrepare) just before it in the same pipeline, and
- * records it as prepared when the server says it is.  Named statements
- * outlive transactions and DISCARD PLANS (which only makes them plan
- * again); a session whose statement went missing or no longer fits its
- * plan (another process redefined a function it calls) is closed after
- * that request and opens afresh, preparing again.
+ * goes as a named statement, gridd_ID_GEN: a session that has not
+ * prepared that name yet sends the Parse (PQsendPrepare) just before it in
+ * the same pipeline, and records it as prepared when the server says it
+ * is.  Named statements outlive transactions and DISCARD PLANS (which
+ * only makes them plan again).  When one went missing from a session
+ * (26000), no longer fits what it was prepared with (0A000 from plan
+ * revalidation: another process redefined a function it calls, during an
+ * upgrade) or its name is taken by something else (42P05, a pooler's
+ * leftover), that statement fails and the statement's generation moves
+ * on, for every session of the process: each prepares it again, under a
+ * new name, at its next use, with no reconnect.
  *
  * However a request ends (result, SQL error, timer expiry, lost connection,
  * pool freed) it goes through req_finish(), which moves it to the done list
@@ -117,6 +121,7 @@ struct db_stmt {
 	int nparams;
 	char **params;		/* NULL entries are SQL NULL */
 	int prep;		/* db_prepared id; 0: unnamed statement */
+	unsigned prep_gen;	/* the generation its name was sent with */
 };
 
 struct db_batch {
@@ -165,7 +170,8 @@ struct db_req {
 #define PIPE_PREP(i)		(-2 - (i))
 #define PIPE_PREP_STMT(e)	(-2 - (e))
 
-
+/* send_batch marks the statements it Parses in a 64-bit mask. */
+_Static_assert(DB_PREPARED_MAX <= 64, "DB_PREPARED_MAX over 64");
 
 TAILQ_HEAD(req_list, db_req);
 
@@ -184,8 +190,9 @@ struct db_conn {
 	int64_t planned_at;		/* mono_ms() of its last DISCARD PLANS */
 	bool was_up;			/* had a session before: count reconnect */
 	bool flushing;
-	bool recycle;			/* close the session after its request */
-	uint64_t prepared;		/* bit id - 1: db_prepared ids it has */
+	/* prepared[id]: 1 + the generation of statement id this session
+	 * has prepared; 0: none. */
+	unsigned prepared[DB_PREPARED_MAX + 1];
 	bool listen_sent;		/* LISTEN statements in flight */
 	int listen_upto;		/* channels covered by listen_sent */
 };
@@ -478,7 +485,9 @@ void
 db_batch_add(struct db_batch *b, const char *sql, int nparams,
     const char *const *params)
 {
-	if (!stmt_valid(sql, nparams, params) || b->n == INT_MAX / 2) {
+	/* Each statement takes two pipeline entries at most (its Parse),
+	 * and the transaction three. */
+	if (!stmt_valid(sql, nparams, params) || b->n == (INT_MAX - 3) / 2) {
 		log_error("event=db_batch_add error=\"invalid statement\"");
 		b->invalid = true;
 		return;
@@ -491,9 +500,11 @@ db_batch_add(struct db_batch *b, const char *sql, int nparams,
 	stmt_copy(&b->stmts[b->n++], sql, nparams, params);
 }
 
-/* Ids for db_prepared objects, process-wide: every pool's sessions name
- * a statement alike. */
+/* Ids for db_prepared objects, and each one's current generation (its
+ * name's suffix), process-wide: every pool's sessions name a statement
+ * alike.  The loop's thread only, as everything here. */
 static int prepared_ids;
+static unsigned prepared_gen[DB_PREPARED_MAX + 1];
 
 void
 db_batch_add_prepared(struct db_batch *b, struct db_prepared *ps,
@@ -510,7 +521,7 @@ db_batch_add_prepared(struct db_batch *b, struct db_prepared *ps,
 		} else {
 			ps->id = -1;
 			log_error("event=db_prepare error=\"more than %d "
-			    "prepared statements; the rest go unprepared\"",
+			    "prepared statements; this one goes unprepared\"",
 			    DB_PREPARED_MAX);
 		}
 	}
@@ -995,8 +1006,7 @@ conn_connected(struct db_conn *c)
 	c->failures = 0;
 	c->up_since = mono_ms();
 	/* A new session: nothing prepared on it yet. */
-	c->prepared = 0;
-	c->recycle = false;
+	memset(c->prepared, 0, sizeof(c->prepared));
 	/* Up to a quarter of the interval early, so that the sessions of a
 	 * pool that connected together do not all replan at once. */
 	c->planned_at = c->up_since;
@@ -1082,34 +1092,33 @@ send_stmt(PGconn *pg, const struct db_stmt *st)
 }
 
 static void
-prepared_name(char *buf, size_t len, int id)
+prepared_name(char *buf, size_t len, int id, unsigned gen)
 {
-	snprintf(buf, len, "gridd_%d", id);
-}
-
-static bool
-prepared_on(const struct db_conn *c, int id)
-{
-	return (c->prepared >> (id - 1)) & 1;
+	snprintf(buf, len, "gridd_%d_%u", id, gen);
 }
 
 /* A statement of a batch: a named one, prepared first on a session that
- * has not; records what each pipeline entry is in req->pipe. */
+ * has not (nor earlier in this batch: *sent, bit id - 1); records what
+ * each pipeline entry is in req->pipe. */
 static bool
-send_batch_stmt(struct db_conn *c, struct db_req *req, int i)
+send_batch_stmt(struct db_conn *c, struct db_req *req, int i, uint64_t *sent)
 {
-	const struct db_stmt *st = &req->batch->stmts[i];
+	struct db_stmt *st = &req->batch->stmts[i];
+	uint64_t bit;
 	char name[32];
 
 	if (st->prep == 0) {
 		req->pipe[req->npipe++] = i;
 		return send_stmt(c->pg, st);
 	}
-	prepared_name(name, sizeof(name), st->prep);
-	if (!prepared_on(c, st->prep)) {
+	st->prep_gen = prepared_gen[st->prep];
+	bit = UINT64_C(1) << (st->prep - 1);
+	prepared_name(name, sizeof(name), st->prep, st->prep_gen);
+	if (c->prepared[st->prep] != st->prep_gen + 1 && !(*sent & bit)) {
 		if (PQsendPrepare(c->pg, name, st->sql, st->nparams,
 		    NULL) != 1)
 			return false;
+		*sent |= bit;
 		req->pipe[req->npipe++] = PIPE_PREP(i);
 	}
 	req->pipe[req->npipe++] = i;
@@ -1124,6 +1133,7 @@ send_batch(struct db_conn *c, struct db_req *req)
 	static const struct db_stmt commit = { .sql = "COMMIT" };
 	const struct db_batch *b = req->batch;
 	PGconn *pg = c->pg;
+	uint64_t sent = 0;
 
 	/* At most BEGIN, SET, a Parse and an execution per statement, and
 	 * COMMIT. */
@@ -1147,7 +1157,7 @@ send_batch(struct db_conn *c, struct db_req *req)
 		req->pipe[req->npipe++] = PIPE_TXN;
 	}
 	for (int i = 0; i < b->n; i++)
-		if (!send_batch_stmt(c, req, i))
+		if (!send_batch_stmt(c, req, i, &sent))
 			return false;
 	req->pipe[req->npipe++] = PIPE_TXN;
 	return send_stmt(pg, &commit) && PQpipelineSync(pg) == 1;
@@ -1294,16 +1304,47 @@ batch_after_sync(struct db_conn *c, struct db_req *req)
 	return STEP_DONE;
 }
 
+/*
+ * A named statement that went missing from the session (26000), whose
+ * result no longer fits what it was prepared with (0A000, from the plan
+ * cache's revalidation only: "cached plan must not change result type"),
+ * or whose name is already taken on the session (42P05): the statement's
+ * generation moves on (once, however many sessions see it), so that every
+ * session prepares it again under a new name.
+ */
+static void
+prepared_check(const struct db_stmt *st, PGresult *r)
+{
+	const char *state, *fn;
+
+	if (st->prep == 0 || PQresultStatus(r) != PGRES_FATAL_ERROR)
+		return;
+	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	fn = PQresultErrorField(r, PG_DIAG_SOURCE_FUNCTION);
+	if (state == NULL)
+		return;
+	if (strcmp(state, "26000") == 0 || strcmp(state, "42P05") == 0 ||
+	    (strcmp(state, "0A000") == 0 && fn != NULL &&
+	    strcmp(fn, "RevalidateCachedQuery") == 0)) {
+		if (prepared_gen[st->prep] == st->prep_gen) {
+			prepared_gen[st->prep]++;
+			log_warn("event=db_prepare_stale statement=%d "
+			    "sqlstate=%s generation=%u", st->prep, state,
+			    prepared_gen[st->prep]);
+		}
+	}
+}
+
 /* The Parse of statement i: the session has it from now on, or the
  * statement fails with the server's reason. */
 static void
 prepare_result(struct db_conn *c, struct db_req *req, int i, PGresult *r)
 {
-	int id = req->batch->stmts[i].prep;
+	const struct db_stmt *st = &req->batch->stmts[i];
 
 	switch (PQresultStatus(r)) {
 	case PGRES_COMMAND_OK:
-		c->prepared |= UINT64_C(1) << (id - 1);
+		c->prepared[st->prep] = st->prep_gen + 1;
 		c->pool->stats.prepares++;
 		PQclear(r);
 		break;
@@ -1312,19 +1353,10 @@ prepare_result(struct db_conn *c, struct db_req *req, int i, PGresult *r)
 		PQclear(r);
 		break;
 	default:
+		prepared_check(st, r);
 		res_from_pg(&req->results[i], r);
 		break;
 	}
-}
-
-/* A named statement that went missing from the session (26000), or whose
- * result no longer fits what it was prepared with (0A000: "cached plan
- * must not change result type"), is prepared afresh in a new session. */
-static bool
-prepared_stale(const struct db_res *res)
-{
-	return strcmp(res->sqlstate, "26000") == 0 ||
-	    strcmp(res->sqlstate, "0A000") == 0;
 }
 
 static enum result_step
@@ -1385,11 +1417,9 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 		res_synthetic(&req->results[ent], DB_SQL_ERROR, NULL,
 		    "not run: an earlier statement of the batch failed");
 	} else {
+		prepared_check(&req->batch->stmts[ent], r);
 		res_from_pg(&req->results[ent], r);
 	}
-	if (req->batch->stmts[ent].prep != 0 &&
-	    prepared_stale(&req->results[ent]))
-		c->recycle = true;
 	return STEP_MORE;
 }
 
@@ -1562,11 +1592,7 @@ conn_release(struct db_conn *c)
 		conn_set_state(c, CONN_OFF);
 		return;
 	}
-	if (c->gen != pool->gen || c->recycle) {
-		if (c->recycle)
-			log_warn("event=db_conn_recycle slot=%d reason=\"a "
-			    "prepared statement is missing or stale\"",
-			    c->slot);
+	if (c->gen != pool->gen) {
 		conn_close_session(c);
 		c->failures = 0;
 		conn_schedule(c, 0);

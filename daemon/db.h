@@ -85,10 +85,12 @@ void db_batch_add(struct db_batch *b, const char *sql, int nparams,
  * statement of the extended protocol), and then only binds and executes:
  * the parse, analysis and plan of its text are not paid again on every
  * call.  For the statements sent hundreds of times a second.  One static
- * object per statement text:
+ * object per statement text, which the pools keep referring to by its id:
  *	static struct db_prepared ps = DB_PREPARED(sql, nparams);
- * sql must outlive every pool.  Past DB_PREPARED_MAX distinct objects in
- * a process, the rest go unprepared (logged once).
+ * Past DB_PREPARED_MAX distinct objects in a process, the others go
+ * unprepared (each logged at its first use).  A statement whose prepared
+ * form went stale (see db.c) fails that once; the next call prepares it
+ * again.
  */
 struct db_prepared {
 	const char *sql;

@@ -627,14 +627,16 @@ sqlstate_operational(const char *sqlstate)
 
 /* A conflict with another transaction: the same push may well go
  * through when tried again.  So may one whose prepared call went stale
- * (26000, 0A000: another process redefined gridd_feed_push during an
- * upgrade): db.c replaces that session, and the retry prepares anew. */
+ * (26000, 42P05, 0A000: another process redefined gridd_feed_push during
+ * an upgrade): db.c has moved the statement to a new name, which the
+ * retry prepares on whichever session runs it. */
 static bool
 sqlstate_conflict(const char *sqlstate)
 {
 	return strncmp(sqlstate, "40", 2) == 0 ||
 	    strcmp(sqlstate, "23505") == 0 ||
-	    strcmp(sqlstate, "26000") == 0 || strcmp(sqlstate, "0A000") == 0;
+	    strcmp(sqlstate, "26000") == 0 ||
+	    strcmp(sqlstate, "42P05") == 0 || strcmp(sqlstate, "0A000") == 0;
 }
 
 /* pt leaves the queue, for a transaction or to end unsent. */

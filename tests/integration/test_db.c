@@ -824,11 +824,16 @@ test_replan(const char *conninfo)
 }
 
 /* Named statements: prepared once per session, at first use, in the
- * batch's own pipeline; a Parse that fails or never runs is not recorded;
- * a session whose statement went stale is replaced and prepares again. */
+ * batch's own pipeline; a Parse that fails or never runs is not recorded,
+ * one that ran outlives its transaction; a statement gone stale on a
+ * session (missing, plan no longer fitting, name taken) fails once, and
+ * the next call prepares it under a new name. */
 static struct db_prepared ps_add = DB_PREPARED("SELECT $1::int + 1", 1);
 static struct db_prepared ps_bad = DB_PREPARED("SELECT no_such_column_x", 0);
 static struct db_prepared ps_late = DB_PREPARED("SELECT $1::text || 'x'", 1);
+static struct db_prepared ps_twice = DB_PREPARED("SELECT $1::int * 2", 1);
+static struct db_prepared ps_keep = DB_PREPARED("SELECT $1::int - 1", 1);
+static struct db_prepared ps_taken = DB_PREPARED("SELECT 'mine'", 0);
 static struct db_prepared ps_fn = DB_PREPARED("SELECT * FROM prep_fn()", 0);
 
 static uint64_t
@@ -840,24 +845,41 @@ prepares(struct db_pool *pool)
 	return st.prepares;
 }
 
+/* One prepared statement (or none: NULL) in a batch, optionally after a
+ * plain one; the batch's own timeout when timeout_ms > 0. */
+static bool
+run_prepared(struct db_pool *pool, const char *plain,
+    struct db_prepared *ps, const char *param, int timeout_ms, struct bres *r)
+{
+	struct db_batch *b = db_batch_new();
+	const char *p[1] = { param };
+
+	if (plain != NULL)
+		db_batch_add(b, plain, 0, NULL);
+	if (ps != NULL)
+		db_batch_add_prepared(b, ps, p);
+	if (timeout_ms > 0)
+		db_batch_timeout(b, timeout_ms);
+	return run_batch(pool, b, r);
+}
+
 static void
 test_prepared(const char *conninfo)
 {
 	struct db_pool_opts o = pool_opts(conninfo, 1, 3000, 8);
 	struct db_pool *pool = new_pool(&o);
+	struct db_stats st;
 	struct db_batch *b;
 	struct bres r;
 	const char *p[1];
-	char v[64], v2[64];
-	uint64_t n0;
+	char v[64], v2[64], sql[128];
+	uint64_t n0, reconnects;
 
 	check(wait_connected(pool, 5000), "prepared pool connects");
 	n0 = prepares(pool);
-	b = db_batch_new();
-	p[0] = "41";
-	db_batch_add_prepared(b, &ps_add, p);
-	check(run_batch(pool, b, &r) && r.st == DB_OK &&
-	    strcmp(r.v0[0], "42") == 0 && prepares(pool) == n0 + 1,
+	check(run_prepared(pool, NULL, &ps_add, "41", 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "42") == 0 &&
+	    prepares(pool) == n0 + 1,
 	    "a prepared statement runs (%s) and is prepared once (%llu)",
 	    r.v0[0], (unsigned long long)(prepares(pool) - n0));
 	b = db_batch_new();
@@ -873,62 +895,115 @@ test_prepared(const char *conninfo)
 	    "later uses on the session bind and execute only (%s %s, %s on "
 	    "the server, %llu prepared)", r.v0[0], r.v0[1], r.v0[2],
 	    (unsigned long long)(prepares(pool) - n0));
+	/* Twice in the batch that first uses it: one Parse. */
+	b = db_batch_new();
+	p[0] = "3";
+	db_batch_add_prepared(b, &ps_twice, p);
+	p[0] = "4";
+	db_batch_add_prepared(b, &ps_twice, p);
+	check(run_batch(pool, b, &r) && r.st == DB_OK &&
+	    strcmp(r.v0[0], "6") == 0 && strcmp(r.v0[1], "8") == 0 &&
+	    prepares(pool) == n0 + 2,
+	    "a new statement twice in one batch is parsed once (%s %s %s)",
+	    r.v0[0], r.v0[1], r.sqlstate[1]);
+	/* With the batch's own timeout (a SET LOCAL entry before). */
+	check(run_prepared(pool, NULL, &ps_add, "9", 2000, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "10") == 0,
+	    "a prepared statement in a batch with its own timeout (%s)",
+	    r.v0[0]);
 
 	/* A statement the server cannot parse fails the batch with its own
 	 * reason, and is not recorded: it fails the same way again. */
-	for (int k = 0; k < 2; k++) {
-		b = db_batch_new();
-		db_batch_add(b, "SELECT 1", 0, NULL);
-		db_batch_add_prepared(b, &ps_bad, NULL);
-		check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
+	for (int k = 0; k < 2; k++)
+		check(run_prepared(pool, "SELECT 1", &ps_bad, NULL, 0, &r) &&
+		    r.st == DB_SQL_ERROR &&
 		    strcmp(r.sqlstate[1], "42703") == 0 &&
-		    prepares(pool) == n0 + 1,
+		    prepares(pool) == n0 + 2,
 		    "an unparsable prepared statement reads 42703 (%s), "
 		    "round %d", r.sqlstate[1], k + 1);
-	}
 	/* A Parse skipped because an earlier statement failed is not
 	 * recorded either: the next use prepares it. */
-	b = db_batch_new();
-	db_batch_add(b, "SELECT 1 / 0", 0, NULL);
-	p[0] = "a";
-	db_batch_add_prepared(b, &ps_late, p);
-	check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
-	    strcmp(r.sqlstate[0], "22012") == 0 && r.rst[1] == DB_SQL_ERROR &&
-	    prepares(pool) == n0 + 1, "a Parse after a failure is not run");
-	b = db_batch_new();
-	db_batch_add_prepared(b, &ps_late, p);
-	check(run_batch(pool, b, &r) && r.st == DB_OK &&
-	    strcmp(r.v0[0], "ax") == 0 && prepares(pool) == n0 + 2,
+	check(run_prepared(pool, "SELECT 1 / 0", &ps_late, "a", 0, &r) &&
+	    r.st == DB_SQL_ERROR && strcmp(r.sqlstate[0], "22012") == 0 &&
+	    r.rst[1] == DB_SQL_ERROR && prepares(pool) == n0 + 2,
+	    "a Parse after a failure is not run");
+	check(run_prepared(pool, NULL, &ps_late, "a", 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "ax") == 0 &&
+	    prepares(pool) == n0 + 3,
 	    "its next use prepares and runs it (%s %s)", r.v0[0],
+	    r.sqlstate[0]);
+	/* One parsed in a transaction that then fails stays prepared. */
+	b = db_batch_new();
+	p[0] = "5";
+	db_batch_add_prepared(b, &ps_keep, p);
+	db_batch_add(b, "SELECT 1 / 0", 0, NULL);
+	check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
+	    r.rst[0] == DB_OK && prepares(pool) == n0 + 4,
+	    "a statement prepared in a failed transaction (%s)",
+	    r.sqlstate[1]);
+	check(run_prepared(pool, NULL, &ps_keep, "5", 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "4") == 0 &&
+	    prepares(pool) == n0 + 4,
+	    "outlives the rollback: bound and executed only (%s %s)",
+	    r.v0[0], r.sqlstate[0]);
+
+	/* Gone from the session (26000): fails once, then prepared anew. */
+	db_pool_stats(pool, &st);
+	reconnects = st.reconnects;
+	check(run_prepared(pool, "DEALLOCATE ALL", NULL, NULL, 0, &r) &&
+	    r.st == DB_OK, "the session's statements deallocated");
+	check(run_prepared(pool, NULL, &ps_add, "1", 0, &r) &&
+	    r.st == DB_SQL_ERROR && strcmp(r.sqlstate[0], "26000") == 0,
+	    "a missing prepared statement fails once (%s)", r.sqlstate[0]);
+	check(run_prepared(pool, NULL, &ps_add, "1", 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "2") == 0 &&
+	    prepares(pool) == n0 + 5,
+	    "the next call prepares it under a new name (%s %s)", r.v0[0],
+	    r.sqlstate[0]);
+	/* Its name taken on the session (42P05): the same. */
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_taken, NULL);	/* gives it its id */
+	db_batch_free(b);
+	snprintf(sql, sizeof(sql), "PREPARE gridd_%d_0 AS SELECT 'squatter'",
+	    ps_taken.id);
+	check(run_prepared(pool, sql, NULL, NULL, 0, &r) && r.st == DB_OK,
+	    "a statement's first name taken");
+	check(run_prepared(pool, NULL, &ps_taken, NULL, 0, &r) &&
+	    r.st == DB_SQL_ERROR && strcmp(r.sqlstate[0], "42P05") == 0,
+	    "a taken name fails once (%s)", r.sqlstate[0]);
+	check(run_prepared(pool, NULL, &ps_taken, NULL, 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "mine") == 0,
+	    "the next call prepares it under a new name (%s %s)", r.v0[0],
 	    r.sqlstate[0]);
 
 	/* Another process redefines a function a prepared statement calls,
-	 * with another result type: the call fails once (0A000), the session
-	 * is replaced, and the next call prepares and runs anew. */
-	b = db_batch_new();
-	db_batch_add(b, "CREATE FUNCTION prep_fn() RETURNS integer "
-	    "LANGUAGE sql AS 'SELECT 7'", 0, NULL);
-	check(run_batch(pool, b, &r) && r.st == DB_OK, "prep_fn created");
-	b = db_batch_new();
-	db_batch_add_prepared(b, &ps_fn, NULL);
-	check(run_batch(pool, b, &r) && r.st == DB_OK &&
-	    strcmp(r.v0[0], "7") == 0, "prep_fn through a prepared call");
+	 * with another result type: the call fails once (0A000), and the
+	 * next one prepares it anew, on the same session. */
+	check(run_prepared(pool, "CREATE FUNCTION prep_fn() RETURNS integer "
+	    "LANGUAGE sql AS 'SELECT 7'", NULL, NULL, 0, &r) &&
+	    r.st == DB_OK, "prep_fn created");
+	check(run_prepared(pool, NULL, &ps_fn, NULL, 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "7") == 0,
+	    "prep_fn through a prepared call");
 	sync_value(conninfo, "DROP FUNCTION prep_fn()", v, sizeof(v));
 	sync_value(conninfo, "CREATE FUNCTION prep_fn() RETURNS text "
 	    "LANGUAGE sql AS 'SELECT ''seven'''", v2, sizeof(v2));
 	check(strcmp(v, "<error>") != 0 && strcmp(v2, "<error>") != 0,
 	    "prep_fn redefined elsewhere");
-	b = db_batch_new();
-	db_batch_add_prepared(b, &ps_fn, NULL);
-	check(run_batch(pool, b, &r) && r.st == DB_SQL_ERROR &&
-	    strcmp(r.sqlstate[0], "0A000") == 0,
+	n0 = prepares(pool);
+	check(run_prepared(pool, NULL, &ps_fn, NULL, 0, &r) &&
+	    r.st == DB_SQL_ERROR && strcmp(r.sqlstate[0], "0A000") == 0,
 	    "a stale prepared call fails once (%s)", r.sqlstate[0]);
-	b = db_batch_new();
-	db_batch_add_prepared(b, &ps_fn, NULL);
-	check(run_batch(pool, b, &r) && r.st == DB_OK &&
-	    strcmp(r.v0[0], "seven") == 0,
-	    "the next call, on a new session, prepares it afresh (%s %s)",
-	    r.v0[0], r.sqlstate[0]);
+	check(run_prepared(pool, NULL, &ps_fn, NULL, 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "seven") == 0 &&
+	    prepares(pool) == n0 + 1,
+	    "the next call prepares it afresh (%s %s)", r.v0[0],
+	    r.sqlstate[0]);
+	db_pool_stats(pool, &st);
+	check(st.reconnects == reconnects && st.connected == 1,
+	    "all on the same session (reconnects %llu -> %llu)",
+	    (unsigned long long)reconnects,
+	    (unsigned long long)st.reconnects);
 	db_pool_free(pool);
 }
 
