@@ -28,7 +28,11 @@
  * upgrade) or its name is taken by something else (42P05, a pooler's
  * leftover), that statement fails and the statement's generation moves
  * on, for every session of the process: each prepares it again, under a
- * new name, at its next use, with no reconnect.
+ * new name and with the generation in its text (a pooler may share
+ * server statements by their text), at its next use, with no reconnect.
+ * The old names stay on the sessions that had them, so after
+ * DB_PREPARED_MAX_GEN generations a statement goes unnamed for good:
+ * something keeps breaking it.
  *
  * However a request ends (result, SQL error, timer expiry, lost connection,
  * pool freed) it goes through req_finish(), which moves it to the done list
@@ -169,6 +173,9 @@ struct db_req {
 #define PIPE_TXN		(-1)
 #define PIPE_PREP(i)		(-2 - (i))
 #define PIPE_PREP_STMT(e)	(-2 - (e))
+
+/* Generations a prepared statement may go through (see above). */
+#define DB_PREPARED_MAX_GEN	8
 
 /* send_batch marks the statements it Parses in a 64-bit mask. */
 _Static_assert(DB_PREPARED_MAX <= 64, "DB_PREPARED_MAX over 64");
@@ -457,6 +464,7 @@ stmt_copy(struct db_stmt *st, const char *sql, int nparams,
 	st->nparams = nparams;
 	st->params = NULL;
 	st->prep = 0;
+	st->prep_gen = 0;
 	if (nparams > 0) {
 		st->params = xcalloc((size_t)nparams, sizeof(char *));
 		for (int i = 0; i < nparams; i++)
@@ -1107,7 +1115,7 @@ send_batch_stmt(struct db_conn *c, struct db_req *req, int i, uint64_t *sent)
 	uint64_t bit;
 	char name[32];
 
-	if (st->prep == 0) {
+	if (st->prep == 0 || prepared_gen[st->prep] >= DB_PREPARED_MAX_GEN) {
 		req->pipe[req->npipe++] = i;
 		return send_stmt(c->pg, st);
 	}
@@ -1115,8 +1123,21 @@ send_batch_stmt(struct db_conn *c, struct db_req *req, int i, uint64_t *sent)
 	bit = UINT64_C(1) << (st->prep - 1);
 	prepared_name(name, sizeof(name), st->prep, st->prep_gen);
 	if (c->prepared[st->prep] != st->prep_gen + 1 && !(*sent & bit)) {
-		if (PQsendPrepare(c->pg, name, st->sql, st->nparams,
-		    NULL) != 1)
+		char *text = st->sql;
+		bool ok;
+
+		if (st->prep_gen > 0) {
+			size_t len = strlen(st->sql) + 40;
+
+			text = xcalloc(len, 1);
+			snprintf(text, len, "%s\n/* generation %u */", st->sql,
+			    st->prep_gen);
+		}
+		/* libpq copies the text into its buffer at once. */
+		ok = PQsendPrepare(c->pg, name, text, st->nparams, NULL) == 1;
+		if (text != st->sql)
+			free(text);
+		if (!ok)
 			return false;
 		*sent |= bit;
 		req->pipe[req->npipe++] = PIPE_PREP(i);
@@ -1305,34 +1326,40 @@ batch_after_sync(struct db_conn *c, struct db_req *req)
 }
 
 /*
- * A named statement that went missing from the session (26000), whose
- * result no longer fits what it was prepared with (0A000, from the plan
- * cache's revalidation only: "cached plan must not change result type"),
- * or whose name is already taken on the session (42P05): the statement's
- * generation moves on (once, however many sessions see it), so that every
- * session prepares it again under a new name.
+ * A named statement whose name is already taken on the session (42P05, at
+ * its Parse), that went missing from the session (26000, at its
+ * execution), or whose result no longer fits what it was prepared with
+ * (0A000 from the plan cache's revalidation only: "cached plan must not
+ * change result type"): the statement's generation moves on (once,
+ * however many sessions see it), so that every session prepares it again
+ * under a new name.
  */
 static void
-prepared_check(const struct db_stmt *st, PGresult *r)
+prepared_check(const struct db_stmt *st, PGresult *r, bool parse)
 {
 	const char *state, *fn;
+	bool stale;
 
-	if (st->prep == 0 || PQresultStatus(r) != PGRES_FATAL_ERROR)
+	if (st->prep == 0 || PQresultStatus(r) != PGRES_FATAL_ERROR ||
+	    (state = PQresultErrorField(r, PG_DIAG_SQLSTATE)) == NULL)
 		return;
-	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
 	fn = PQresultErrorField(r, PG_DIAG_SOURCE_FUNCTION);
-	if (state == NULL)
+	if (parse)
+		stale = strcmp(state, "42P05") == 0;
+	else
+		stale = strcmp(state, "26000") == 0 ||
+		    (strcmp(state, "0A000") == 0 && fn != NULL &&
+		    strcmp(fn, "RevalidateCachedQuery") == 0);
+	if (!stale || prepared_gen[st->prep] != st->prep_gen)
 		return;
-	if (strcmp(state, "26000") == 0 || strcmp(state, "42P05") == 0 ||
-	    (strcmp(state, "0A000") == 0 && fn != NULL &&
-	    strcmp(fn, "RevalidateCachedQuery") == 0)) {
-		if (prepared_gen[st->prep] == st->prep_gen) {
-			prepared_gen[st->prep]++;
-			log_warn("event=db_prepare_stale statement=%d "
-			    "sqlstate=%s generation=%u", st->prep, state,
-			    prepared_gen[st->prep]);
-		}
-	}
+	prepared_gen[st->prep]++;
+	if (prepared_gen[st->prep] < DB_PREPARED_MAX_GEN)
+		log_warn("event=db_prepare_stale statement=%d sqlstate=%s "
+		    "generation=%u", st->prep, state, prepared_gen[st->prep]);
+	else
+		log_error("event=db_prepare_stale statement=%d sqlstate=%s "
+		    "error=\"stale %d times: sent unprepared from now on\"",
+		    st->prep, state, DB_PREPARED_MAX_GEN);
 }
 
 /* The Parse of statement i: the session has it from now on, or the
@@ -1353,7 +1380,7 @@ prepare_result(struct db_conn *c, struct db_req *req, int i, PGresult *r)
 		PQclear(r);
 		break;
 	default:
-		prepared_check(st, r);
+		prepared_check(st, r, true);
 		res_from_pg(&req->results[i], r);
 		break;
 	}
@@ -1417,7 +1444,7 @@ batch_result(struct db_conn *c, struct db_req *req, PGresult *r)
 		res_synthetic(&req->results[ent], DB_SQL_ERROR, NULL,
 		    "not run: an earlier statement of the batch failed");
 	} else {
-		prepared_check(&req->batch->stmts[ent], r);
+		prepared_check(&req->batch->stmts[ent], r, false);
 		res_from_pg(&req->results[ent], r);
 	}
 	return STEP_MORE;

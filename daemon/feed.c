@@ -627,9 +627,11 @@ sqlstate_operational(const char *sqlstate)
 
 /* A conflict with another transaction: the same push may well go
  * through when tried again.  So may one whose prepared call went stale
- * (26000, 42P05, 0A000: another process redefined gridd_feed_push during
- * an upgrade): db.c has moved the statement to a new name, which the
- * retry prepares on whichever session runs it. */
+ * (26000, 42P05; 0A000 "cached plan must not change result type": another
+ * process redefined gridd_feed_push during an upgrade): db.c has moved
+ * the statement to a new name, which the retry prepares on whichever
+ * session runs it.  Any other 0A000 is retried too, and fails the same
+ * way FEED_CONFLICT_RETRIES times. */
 static bool
 sqlstate_conflict(const char *sqlstate)
 {

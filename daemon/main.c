@@ -217,8 +217,8 @@ db_metrics(struct evbuffer *out)
 	metrics_sample(out, "gridd_db_replans_total", NULL,
 	    (double)st.replans);
 	metrics_family(out, "gridd_db_prepares_total", "counter",
-	    "Statements prepared on a connection (once per connection and "
-	    "statement: the ingest call).");
+	    "Statements prepared on a connection: the ingest call, once per "
+	    "connection and again after its prepared form went stale.");
 	metrics_sample(out, "gridd_db_prepares_total", NULL,
 	    (double)st.prepares);
 }

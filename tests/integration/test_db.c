@@ -834,6 +834,8 @@ static struct db_prepared ps_late = DB_PREPARED("SELECT $1::text || 'x'", 1);
 static struct db_prepared ps_twice = DB_PREPARED("SELECT $1::int * 2", 1);
 static struct db_prepared ps_keep = DB_PREPARED("SELECT $1::int - 1", 1);
 static struct db_prepared ps_taken = DB_PREPARED("SELECT 'mine'", 0);
+static struct db_prepared ps_timed = DB_PREPARED("SELECT $1::int * 3", 1);
+static struct db_prepared ps_squat = DB_PREPARED("SELECT 'squatted'", 0);
 static struct db_prepared ps_fn = DB_PREPARED("SELECT * FROM prep_fn()", 0);
 
 static uint64_t
@@ -906,11 +908,14 @@ test_prepared(const char *conninfo)
 	    prepares(pool) == n0 + 2,
 	    "a new statement twice in one batch is parsed once (%s %s %s)",
 	    r.v0[0], r.v0[1], r.sqlstate[1]);
-	/* With the batch's own timeout (a SET LOCAL entry before). */
-	check(run_prepared(pool, NULL, &ps_add, "9", 2000, &r) &&
-	    r.st == DB_OK && strcmp(r.v0[0], "10") == 0,
-	    "a prepared statement in a batch with its own timeout (%s)",
-	    r.v0[0]);
+	/* With the batch's own timeout (a SET LOCAL entry before its Parse
+	 * and execution). */
+	check(run_prepared(pool, NULL, &ps_timed, "3", 2000, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "9") == 0 &&
+	    prepares(pool) == n0 + 3,
+	    "a new prepared statement in a batch with its own timeout (%s %s)",
+	    r.v0[0], r.sqlstate[0]);
+	n0++;
 
 	/* A statement the server cannot parse fails the batch with its own
 	 * reason, and is not recorded: it fails the same way again. */
@@ -960,7 +965,8 @@ test_prepared(const char *conninfo)
 	    prepares(pool) == n0 + 5,
 	    "the next call prepares it under a new name (%s %s)", r.v0[0],
 	    r.sqlstate[0]);
-	/* Its name taken on the session (42P05): the same. */
+	/* Its name taken on the session (42P05): the same.  (A new object:
+	 * its first name is generation 0.) */
 	b = db_batch_new();
 	db_batch_add_prepared(b, &ps_taken, NULL);	/* gives it its id */
 	db_batch_free(b);
@@ -975,6 +981,28 @@ test_prepared(const char *conninfo)
 	    r.st == DB_OK && strcmp(r.v0[0], "mine") == 0,
 	    "the next call prepares it under a new name (%s %s)", r.v0[0],
 	    r.sqlstate[0]);
+
+	/* Something that keeps taking its names: after eight generations
+	 * the statement goes unnamed, and runs. */
+	b = db_batch_new();
+	db_batch_add_prepared(b, &ps_squat, NULL);
+	db_batch_free(b);
+	for (int g = 0; g < 8; g++) {
+		snprintf(sql, sizeof(sql), "PREPARE gridd_%d_%d AS SELECT 1",
+		    ps_squat.id, g);
+		check(run_prepared(pool, sql, NULL, NULL, 0, &r) &&
+		    r.st == DB_OK, "name %d of ps_squat taken", g);
+	}
+	n0 = prepares(pool);
+	for (int g = 0; g < 8; g++)
+		check(run_prepared(pool, NULL, &ps_squat, NULL, 0, &r) &&
+		    r.st == DB_SQL_ERROR &&
+		    strcmp(r.sqlstate[0], "42P05") == 0,
+		    "generation %d's name taken (%s)", g, r.sqlstate[0]);
+	check(run_prepared(pool, NULL, &ps_squat, NULL, 0, &r) &&
+	    r.st == DB_OK && strcmp(r.v0[0], "squatted") == 0 &&
+	    prepares(pool) == n0,
+	    "then it goes unprepared (%s %s)", r.v0[0], r.sqlstate[0]);
 
 	/* Another process redefines a function a prepared statement calls,
 	 * with another result type: the call fails once (0A000), and the
