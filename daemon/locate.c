@@ -386,9 +386,12 @@ ring_test(const double *pts, uint32_t n, double x, double y)
 		double x2 = pts[2 * i + 2], y2 = pts[2 * i + 3];
 		int s;
 
-		if (x1 == x2 && y1 == y2)
+		/* Plain comparisons, not fmax/fmin: those are calls into libm
+		 * (they must honour NaN, which a loaded ring never holds), and
+		 * this loop is most of the daemon's time at a high push rate. */
+		if ((y > y1 && y > y2) || (y < y1 && y < y2))
 			continue;
-		if (y > fmax(y1, y2) || y < fmin(y1, y2))
+		if (x1 == x2 && y1 == y2)
 			continue;
 		s = segment_side(x1, y1, x2, y2, x, y);
 		if (s == 0 && pt_in_seg(x, y, x1, y1, x2, y2))
