@@ -20,6 +20,8 @@
 --     deadlocking, and the lock is held to commit: the numbers stay
 --     gap-free and committed in order;
 --   - a department's events are numbered in array order;
+--   - an item without a department (a shorter p_departments) writes no
+--     event, as the join with the sequence rows dropped it before;
 --   - one NOTIFY per department (PostgreSQL folds a transaction's equal
 --     notifications into one, and sends them all at commit, so where in
 --     the transaction they are queued does not matter).  pg_notify is
@@ -48,6 +50,7 @@ BEGIN
 		INSERT INTO department_seq AS s (department_id, last_seq)
 		SELECT c.dept, c.n
 		FROM (SELECT items.dept, count(*) AS n FROM items
+		    WHERE items.dept IS NOT NULL
 		    GROUP BY items.dept) c
 		ORDER BY c.dept
 		ON CONFLICT (department_id) DO UPDATE

@@ -929,8 +929,8 @@ def test_push_probes_keep_their_indexes_after_statistics_of_empty_tables():
     # probe can still become a whole-index read joined to the items, until
     # the session plans again: the next test.)
     assert re.search(r"Index Scan using incidents_open_geom_idx on "
-                     r"incidents i[^\n]*\n\s+Index Cond: \(" +
-                     _col("geom", "geometry") + " && ", search), search
+                     r"incidents i[^\n]*\n\s+Index Cond: \(geom && ",
+                     search), search
     pushed = [b for b in plans if "Seq Scan on incidents " in b or
               "Seq Scan on incident_sources " in b or
               "Seq Scan on events " in b]
