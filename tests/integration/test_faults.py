@@ -5,6 +5,12 @@ clients.
   acknowledged worker upsert is in the database after the restart, replays
   answer DUPLICATE with the first answer's incident id, and no incident has
   two live offers.
+- SIGKILL of gridd while workers accept, start, resolve, decline and
+  ignore the offers of incidents a department pushes: every acknowledged
+  push and worker action is stored once after the restart (replays answer
+  Ok and change nothing), the department heard of every acknowledged
+  acceptance, and the offers pending at the kill expire on time, each
+  fired once by the restarted process.
 - PostgreSQL stopped for 10 s under load (a private cluster started by this
   test, never the shared one): gridd stays up, database-backed requests get
   UNAVAILABLE within their timeout, Ping keeps working, /healthz says 503,
@@ -21,6 +27,7 @@ Where PushIncidents is not implemented yet the push parts are skipped by
 name and the rest (worker upserts, logins, pings) still runs.
 """
 
+import collections
 import json
 import os
 import random
@@ -38,6 +45,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import dispatch_common as dc  # noqa: E402
 from harness import (Client, Closed, Gridd, Skip, Timeout, body,  # noqa: E402
                      expect_body, login_admin, login_department, pb,
                      write_config)
@@ -262,6 +270,238 @@ def test_sigkill_under_load():
                        "('offered', 'accepted', 'in_progress') GROUP BY 1 "
                        "HAVING count(*) > 1", cfg.dbname)
     assert not dup, "incidents with two live offers: %s" % dup
+    d.stop()
+
+
+# ---- SIGKILL under dispatch load -------------------------------------------
+
+# Where an assignment is after each action, in the order a worker takes it.
+AFTER = {"ACCEPT": "accepted", "START": "in_progress", "RESOLVE": "resolved",
+         "DECLINE": "declined"}
+RANK = {"offered": 0, "accepted": 1, "in_progress": 2, "resolved": 3}
+
+
+def test_sigkill_under_dispatch_load():
+    """Workers accept, start, resolve, decline or ignore their offers while
+    a department pushes incidents for them, and gridd is killed: after the
+    restart every acknowledged push and worker action is stored (each
+    action once, its replay answers Ok and changes nothing), the
+    department's events of the acknowledged acceptances are there, no
+    incident has two live offers, and the offers left pending at the kill
+    expire on time, fired by the restarted process."""
+    offer_timeout_s = 5
+    cfg = write_config(harness.tmppath("killd.conf"),
+                       server__log_level="info",
+                       dispatch__offer_timeout_s=offer_timeout_s,
+                       dispatch__max_offers=3, dispatch__merge_radius_m=0,
+                       dispatch__scan_interval_s=1)
+    db = cfg.dbname
+    d = start(cfg)
+    tag = dc.unique("kd")
+    cells = dc.make_community(db, tag)
+    workers = ["%s-w%d" % (tag, i) for i in range(6)]
+    with dc.admin_client(cfg.addr) as admin:
+        for i, w in enumerate(workers):
+            # Primary cell i % 3, the other two as backups.
+            mine = cells[i % 3:] + cells[:i % 3]
+            dc.upsert_worker(admin, w, tag, mine, max_open=1000)
+    stop = threading.Event()
+    lock = threading.Lock()
+    acked_push = []      # (ext_id, incident_id, lon, lat)
+    acked_act = []       # (worker, assignment_id, action, key)
+    offers = []          # (worker, assignment_id, incident_id)
+    errors = []
+
+    def worker(w, seed):
+        rng = random.Random(seed)
+        n = 0
+        try:
+            c = dc.worker_client(cfg.addr, w)
+            with c:
+                dc.check_in(c, True)
+                while not stop.is_set():
+                    try:
+                        env = c.recv_push(timeout=0.2)
+                    except Timeout:
+                        continue
+                    if body(env) != "assignment_offer":
+                        continue
+                    o = env.assignment_offer
+                    with lock:
+                        offers.append((w, o.assignment_id, o.incident_id))
+                    r = rng.random()
+                    if r < 0.2:
+                        continue            # left to expire
+                    plan = (["DECLINE"] if r < 0.4 else
+                            ["ACCEPT", "START", "RESOLVE"])
+                    for action in plan:
+                        key = "%s-k%d" % (w, n)
+                        n += 1
+                        env = dc.update(c, o.assignment_id, action, key=key)
+                        if body(env) != "ok":
+                            # The offer expired first (CONFLICT), or the
+                            # daemon is going down: not acknowledged.
+                            break
+                        with lock:
+                            acked_act.append((w, o.assignment_id, action,
+                                              key))
+        except (Closed, Timeout, OSError):
+            pass
+        except Exception as e:  # reported by the main thread
+            errors.append("%s: %r" % (w, e))
+
+    def pusher():
+        rng = random.Random(7)
+        n = 0
+        try:
+            with Client(cfg.addr, timeout=10) as c:
+                login_department(c, "civil")
+                while not stop.is_set():
+                    items = []
+                    for _ in range(5):
+                        lon, lat = dc.cell_point(tag, rng.randint(1, 3))
+                        items.append(incident("kd-%d" % n, lon, lat,
+                                              category="MZ01"))
+                        n += 1
+                    env = c.request("push_incidents", incidents=items)
+                    if body(env) != "push_incidents_reply":
+                        continue
+                    with lock:
+                        for it, r in zip(items, env.push_incidents_reply
+                                         .results):
+                            if r.outcome in (r.ACCEPTED, r.DUPLICATE):
+                                acked_push.append((it.ext_id, r.incident_id,
+                                                   it.lon, it.lat))
+                    time.sleep(0.05)
+        except (Closed, Timeout, OSError):
+            pass
+        except Exception as e:
+            errors.append("pusher: %r" % (e,))
+
+    threads = [threading.Thread(target=worker, args=(w, i))
+               for i, w in enumerate(workers)]
+    threads.append(threading.Thread(target=pusher))
+    for t in threads:
+        t.start()
+    # Until the workers have acted on a fair number of offers (longer under
+    # sanitizers), at most 20 s.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            if (len(acked_act) >= 40 and len(offers) >= 60) or errors:
+                break
+        time.sleep(0.1)
+    d.kill()			# SIGKILL
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert acked_push, "no push was acknowledged before the kill"
+    assert any(a == "RESOLVE" for _, _, a, _ in acked_act) and \
+        any(a == "DECLINE" for _, _, a, _ in acked_act), \
+        "too few worker actions before the kill: %s" % acked_act
+    # A statement sent before the kill runs to its end in its backend and
+    # may commit; look at the database once the dead process's sessions
+    # have ended.
+    pid = d.proc.pid
+    dc.wait_for(lambda: harness.psql1(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+        "LIKE 'gridd %d %%'" % pid, db) == "0",
+        timeout=10, what="the killed daemon's sessions to end")
+    pending = dict((int(a), float(e)) for a, e in harness.psql(
+        "SELECT assignment_id, extract(epoch FROM expires_at) FROM "
+        "assignments WHERE community_id = '%s' AND state = 'offered'"
+        % tag, db))
+    log_before = d.log_size()
+
+    d.start()
+    restarted = time.time()
+    # Every acknowledged push is stored, with the incident id answered.
+    stored = dict((r[0], int(r[1])) for r in harness.psql(
+        "SELECT ext_id, incident_id FROM incident_sources WHERE "
+        "source_kind = 'department' AND source_id = 'civil'", db))
+    lost = [(e, i) for e, i, _, _ in acked_push if stored.get(e) != i]
+    assert not lost, "%d of %d acknowledged pushes lost: %s" % (
+        len(lost), len(acked_push), lost[:5])
+    # Every acknowledged action is stored once, for its assignment.
+    acts = dict(((r[0], r[1]), (int(r[2]), r[3])) for r in harness.psql(
+        "SELECT worker_id, idempotency_key, assignment_id, action FROM "
+        "assignment_actions WHERE community_id = '%s'" % tag, db))
+    lost = [a for a in acked_act
+            if acts.get((a[0], a[3])) != (a[1], a[2].lower())]
+    assert not lost, "%d of %d acknowledged actions lost: %s" % (
+        len(lost), len(acked_act), lost[:5])
+    # Each assignment is at least as far as its last acknowledged action
+    # (a later one may have committed without its reply), and the
+    # department heard of each acknowledged acceptance.
+    state = dict((int(r[0]), (r[1], int(r[2]))) for r in harness.psql(
+        "SELECT assignment_id, state, incident_id FROM assignments WHERE "
+        "community_id = '%s'" % tag, db))
+    last = {}
+    for _, aid, action, _ in acked_act:
+        last[aid] = action
+    wrong = []
+    for aid, action in last.items():
+        st = state[aid][0]
+        want = AFTER[action]
+        if (st != want if action == "DECLINE" else
+                RANK.get(st, -1) < RANK[want]):
+            wrong.append((aid, action, st))
+    assert not wrong, "assignments behind their acknowledged actions: %s" % (
+        wrong[:5],)
+    heard = set(int(r[0]) for r in harness.psql(
+        "SELECT incident_id FROM events WHERE community_id = '%s' AND "
+        "department_id = 'civil' AND status = 'accepted'" % tag, db))
+    missing = sorted(set(state[aid][1] for _, aid, a, _ in acked_act
+                         if a == "ACCEPT") - heard)
+    assert not missing, "acceptances the department never heard of: %s" % (
+        missing[:5],)
+    # Replayed after the restart (an offline phone resending its queue):
+    # Ok, and nothing changes.
+    n_rows = len(acts)
+    by_worker = {}
+    for w, aid, action, key in acked_act:
+        by_worker.setdefault(w, []).append((aid, action, key))
+    for w, items in by_worker.items():
+        with dc.worker_client(cfg.addr, w) as c:
+            for aid, action, key in items:
+                expect_body(dc.update(c, aid, action, key=key), "ok")
+    assert harness.psql1(
+        "SELECT count(*) FROM assignment_actions WHERE community_id = "
+        "'%s'" % tag, db) == str(n_rows)
+    after = dict((int(r[0]), r[1]) for r in harness.psql(
+        "SELECT assignment_id, state FROM assignments WHERE "
+        "community_id = '%s'" % tag, db))
+    changed = [a for a in last if after[a] != state[a][0]]
+    assert not changed, "replays changed assignments: %s" % changed[:5]
+    # The offers pending at the kill expire, fired after the restart, by
+    # the time they are due (and a scan interval, and slack for slow
+    # builds).
+    if pending:
+        due = max(max(pending.values()), restarted) + 1 + 10
+        left = lambda: harness.psql1(  # noqa: E731
+            "SELECT count(*) FROM assignments WHERE assignment_id IN (%s) "
+            "AND state = 'offered'" % ",".join(map(str, pending)), db)
+        while left() != "0" and time.time() < due:
+            time.sleep(0.2)
+        assert left() == "0", "offers pending at the kill never expired"
+        assert harness.psql1(
+            "SELECT count(*) FROM assignments WHERE assignment_id IN (%s) "
+            "AND state = 'expired'" % ",".join(map(str, pending)), db) == \
+            str(len(pending))
+        # Expired by the restarted process, each once.
+        fired = collections.Counter(int(m) for m in re.findall(
+            r"event=offer_expired incident=\d+ assignment=(\d+)",
+            d.log_since(log_before)))
+        assert all(fired[a] == 1 for a in pending), (pending, fired)
+    dup = harness.psql("SELECT incident_id FROM assignments WHERE state IN "
+                       "('offered', 'accepted', 'in_progress') GROUP BY 1 "
+                       "HAVING count(*) > 1", db)
+    assert not dup, "incidents with two live offers: %s" % dup
+    print("dispatch kill: %d pushes, %d offers, %d worker actions "
+          "acknowledged before the kill; %d offers pending at the kill "
+          "expired after the restart" % (len(acked_push), len(offers),
+                                         len(acked_act), len(pending)))
     d.stop()
 
 
