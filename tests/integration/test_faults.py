@@ -12,9 +12,11 @@ clients.
   acceptance, and the offers pending at the kill expire on time, each
   fired once by the restarted process.
 - PostgreSQL stopped for 10 s under load (a private cluster started by this
-  test, never the shared one): gridd stays up, database-backed requests get
-  UNAVAILABLE within their timeout, Ping keeps working, /healthz says 503,
-  and everything recovers by itself when the database returns.
+  test, never the shared one): gridd stays up, database-backed requests
+  (logins, a department's pushes, a worker's action) get UNAVAILABLE
+  within their timeout, Ping keeps working, /healthz says 503, everything
+  recovers by itself when the database returns, no acknowledged push is
+  lost, and the worker's action sent again takes effect once.
 - Slow and malicious clients (a client that never reads, one byte per
   second, 10,000 connections opened and dropped, a login flood): another
   client's Ping latency stays within an order of magnitude of the quiet
@@ -66,9 +68,10 @@ def square():
         [LON0, LAT0 + SIDE], [LON0, LAT0]]]})
 
 
-def load_grid(dbname):
+def load_grid(dbname, run=harness.psql):
     """One community, 25 buildings and one cell, through the grid SQL's own
-    import and apply functions."""
+    import and apply functions (run: the psql of the test server, or of a
+    private cluster)."""
     ids = ["fb%02d" % i for i in range(25)]
     lons = [LON0 + SIDE * (0.1 + 0.8 * (i % 5) / 4) for i in range(25)]
     lats = [LAT0 + SIDE * (0.1 + 0.8 * (i // 5) / 4) for i in range(25)]
@@ -76,17 +79,17 @@ def load_grid(dbname):
     def arr(v):
         return "ARRAY[%s]" % ",".join(
             repr(x) if isinstance(x, float) else "'%s'" % x for x in v)
-    harness.psql(
+    run(
         "SELECT * FROM gridd_import_communities(ARRAY['%s'], ARRAY['%s'], "
         "NULL, ARRAY[$g$%s$g$], NULL)" % (COMMUNITY, COMMUNITY, square()),
         dbname)
-    harness.psql(
+    run(
         "SELECT * FROM gridd_import_buildings(%s, %s, %s, %s, NULL, %s, %s, "
         "NULL, NULL, NULL)" % (arr(ids), arr([COMMUNITY] * 25),
                                arr(["residential"] * 25), "ARRAY[%s]"
                                % ",".join(["20"] * 25), arr(lons),
                                arr(lats)), dbname)
-    harness.psql(
+    run(
         "SELECT * FROM gridd_apply_partition('%s', %s, %s, ARRAY['%s'], "
         "ARRAY['comprehensive'])" % (COMMUNITY, arr(ids),
                                      arr([CELL] * 25), CELL), dbname)
@@ -498,10 +501,10 @@ def test_sigkill_under_dispatch_load():
                        "('offered', 'accepted', 'in_progress') GROUP BY 1 "
                        "HAVING count(*) > 1", db)
     assert not dup, "incidents with two live offers: %s" % dup
-    print("dispatch kill: %d pushes, %d offers, %d worker actions "
-          "acknowledged before the kill; %d offers pending at the kill "
-          "expired after the restart" % (len(acked_push), len(offers),
-                                         len(acked_act), len(pending)))
+    print("dispatch kill: %d incidents pushed, %d offers, %d worker "
+          "actions acknowledged before the kill; %d offers pending at the "
+          "kill expired after the restart" % (
+              len(acked_push), len(offers), len(acked_act), len(pending)))
     d.stop()
 
 
@@ -586,7 +589,11 @@ def healthz(cfg, timeout=5):
 
 
 def test_database_outage():
+    """Logins, pushes and a worker's action while the database is down for
+    10 s: each is answered UNAVAILABLE within its timeout, nothing
+    acknowledged is lost, and the same requests succeed once it is back."""
     QUERY_TIMEOUT_S = 2
+    SLOW_S = QUERY_TIMEOUT_S + 1.5
     pg = PrivatePG()
     try:
         pg.start()
@@ -594,7 +601,8 @@ def test_database_outage():
         cfg = write_config(harness.tmppath("outage.conf"), dbname="faults",
                            database__query_timeout_ms=QUERY_TIMEOUT_S * 1000,
                            database__reconnect_max_ms=500,
-                           admin_http__health_timeout_ms=500)
+                           admin_http__health_timeout_ms=500,
+                           dispatch__offer_timeout_s=600)
         cfg.set("database", "conninfo", pg.conninfo("faults")).write()
         d = start(cfg)
         # The pool connects asynchronously after start; give it a moment
@@ -603,11 +611,46 @@ def test_database_outage():
         while healthz(cfg) != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert healthz(cfg) == 200, "healthz before the outage"
+        load_grid("faults", pg.psql)
+        pushes = push_supported(cfg.addr)
+
+        # A worker with an offer, to act on it while the database is down.
+        worker = None
+        if pushes:
+            with Client(cfg.addr) as admin:
+                login_admin(admin)
+                expect_body(admin.request(
+                    "upsert_worker", worker_id="ow1", name="Outage Worker",
+                    password=dc.WORKER_PASSWORD, community_id=COMMUNITY,
+                    cell_ids=[CELL], max_open=5), "ok")
+            worker = dc.worker_client(cfg.addr, "ow1")
+            dc.check_in(worker, True)
+            with Client(cfg.addr) as urban:
+                login_department(urban, "urban")
+                env = urban.request("push_incidents", incidents=[incident(
+                    "outage-offer", LON0 + SIDE / 3, LAT0 + SIDE / 3,
+                    category="CG02")])
+                res = expect_body(env, "push_incidents_reply").results[0]
+                assert res.outcome == res.ACCEPTED, res
+            offer = dc.recv_offer(worker, res.incident_id, timeout=10)
 
         stop = threading.Event()
         stats = {"slow": [], "unavailable": 0, "ok": 0, "other": [],
-                 "ping_fail": 0, "pings": []}
+                 "ping_fail": 0, "pings": [], "push_unavailable": 0,
+                 "push_ok_at": []}
+        acked_push = []      # (ext_id, incident_id)
         lock = threading.Lock()
+
+        def answered(what, env, dt):
+            """Counts one answer; True when it was not UNAVAILABLE."""
+            with lock:
+                if dt > SLOW_S:
+                    stats["slow"].append((what, dt))
+                if body(env) == "error" and env.error.code == pb.UNAVAILABLE:
+                    stats["unavailable" if what == "login" else
+                          "push_unavailable"] += 1
+                    return False
+            return True
 
         def loader():
             # Department logins need the database (session rows); pings
@@ -618,42 +661,82 @@ def test_database_outage():
                         t0 = time.monotonic()
                         env = c.login("DEPARTMENT", "civil",
                                       harness.DEPARTMENTS["civil"][1])
-                        dt = time.monotonic() - t0
-                        with lock:
-                            if dt > QUERY_TIMEOUT_S + 1.5:
-                                stats["slow"].append(dt)
-                            if body(env) == "login_reply":
-                                stats["ok"] += 1
-                            elif (body(env) == "error" and env.error.code ==
-                                  pb.UNAVAILABLE):
-                                stats["unavailable"] += 1
-                            else:
-                                stats["other"].append(str(env).strip())
+                        if answered("login", env, time.monotonic() - t0):
+                            with lock:
+                                if body(env) == "login_reply":
+                                    stats["ok"] += 1
+                                else:
+                                    stats["other"].append(str(env).strip())
                         t0 = time.monotonic()
                         c.ping()
                         with lock:
                             stats["pings"].append(time.monotonic() - t0)
                 except Timeout:
                     with lock:
-                        stats["slow"].append(QUERY_TIMEOUT_S + 3)
+                        stats["slow"].append(("login", QUERY_TIMEOUT_S + 3))
                 except (Closed, OSError):
                     with lock:
                         stats["ping_fail"] += 1
                 time.sleep(0.05)
 
+        def pusher():
+            # One department session, logged in before the outage, pushes
+            # all along: its pushes need the database, its session not.
+            n = 0
+            try:
+                with Client(cfg.addr, timeout=QUERY_TIMEOUT_S + 3) as c:
+                    login_department(c, "urban")
+                    rng = random.Random(3)
+                    while not stop.is_set():
+                        items = []
+                        for _ in range(5):
+                            lon, lat = random_point(rng)
+                            items.append(incident("out-%d" % n, lon, lat))
+                            n += 1
+                        t0 = time.monotonic()
+                        env = c.request("push_incidents", incidents=items)
+                        if answered("push", env, time.monotonic() - t0):
+                            rep = expect_body(env, "push_incidents_reply")
+                            with lock:
+                                stats["push_ok_at"].append(time.monotonic())
+                                for it, r in zip(items, rep.results):
+                                    if r.outcome in (r.ACCEPTED, r.MERGED,
+                                                     r.DUPLICATE):
+                                        acked_push.append((it.ext_id,
+                                                           r.incident_id))
+                        time.sleep(0.1)
+            except Timeout:
+                with lock:
+                    stats["slow"].append(("push", QUERY_TIMEOUT_S + 3))
+            except Exception as e:  # reported by the main thread
+                with lock:
+                    stats["other"].append("pusher: %r" % (e,))
+
         threads = [threading.Thread(target=loader) for _ in range(3)]
+        if pushes:
+            threads.append(threading.Thread(target=pusher))
         for t in threads:
             t.start()
         time.sleep(1.5)
         ok_before = stats["ok"]
+        pushed_before = len(stats["push_ok_at"])
         pg.stop()
         t_down = time.monotonic()
         saw_503 = False
+        act_down = None
         while time.monotonic() - t_down < 10:
             if healthz(cfg, timeout=3) == 503:
                 saw_503 = True
+            if worker is not None and act_down is None and \
+                    time.monotonic() - t_down > 2:
+                # The worker accepts while the database is down.
+                t0 = time.monotonic()
+                env = dc.update(worker, offer.assignment_id, "ACCEPT",
+                                key="outage-accept")
+                act_down = (env, time.monotonic() - t0)
             time.sleep(0.5)
         unavailable = stats["unavailable"]
+        push_unavailable = stats["push_unavailable"]
         assert d.running(), "gridd died while the database was down"
         pg.start()
         t_up = time.monotonic()
@@ -667,6 +750,12 @@ def test_database_outage():
                         recovered = time.monotonic() - t_up
                         break
             time.sleep(0.25)
+        # The department's pushes go through again.
+        while pushes and time.monotonic() - t_up < 30:
+            with lock:
+                if any(t > t_up for t in stats["push_ok_at"]):
+                    break
+            time.sleep(0.1)
         stop.set()
         for t in threads:
             t.join(30)
@@ -678,9 +767,40 @@ def test_database_outage():
         assert not stats["other"], stats["other"][:3]
         assert recovered is not None, "gridd did not recover within 30 s"
         assert d.running()
-        print("outage: %d UNAVAILABLE answers, recovered %.1f s after the "
-              "database returned, ping p99 %.1f ms" % (
+        print("outage: %d UNAVAILABLE answers to logins, recovered %.1f s "
+              "after the database returned, ping p99 %.1f ms" % (
                   unavailable, recovered, 1000 * pct(stats["pings"], 99)))
+        if pushes:
+            assert pushed_before > 0, "no push succeeded before the outage"
+            assert push_unavailable > 0, "no push got UNAVAILABLE"
+            assert any(t > t_up for t in stats["push_ok_at"]), \
+                "no push succeeded after the database returned"
+            # Nothing acknowledged was lost.
+            stored = dict((ln.split("|")[0], int(ln.split("|")[1]))
+                          for ln in pg.psql(
+                "SELECT ext_id, incident_id FROM incident_sources WHERE "
+                "source_id = 'urban'", "faults").split())
+            lost = [e for e, i in acked_push if stored.get(e) != i]
+            assert not lost, "acknowledged pushes lost: %s" % lost[:5]
+            # The worker's action got UNAVAILABLE in time, and has its
+            # effect once when the phone sends it again.
+            env, dt = act_down
+            assert body(env) == "error" and \
+                env.error.code == pb.UNAVAILABLE, env
+            assert dt <= SLOW_S, "the worker's action took %.1f s" % dt
+            expect_body(dc.update(worker, offer.assignment_id, "ACCEPT",
+                                  key="outage-accept"), "ok")
+            expect_body(dc.update(worker, offer.assignment_id, "ACCEPT",
+                                  key="outage-accept"), "ok")
+            assert pg.psql(
+                "SELECT state || '/' || (SELECT count(*) FROM "
+                "assignment_actions) FROM assignments WHERE assignment_id "
+                "= %d" % offer.assignment_id, "faults").strip() == \
+                "accepted/1"
+            worker.close()
+            print("outage: %d pushes UNAVAILABLE, %d items acknowledged "
+                  "and kept; the worker's ACCEPT answered UNAVAILABLE in "
+                  "%.2f s" % (push_unavailable, len(acked_push), dt))
         d.stop()
     finally:
         pg.destroy()
@@ -819,6 +939,7 @@ def test_one_byte_per_second():
     cfg = slow_config("slowloris.conf")
     d = start(cfg)
     quiet = quiet_p99(cfg.addr)
+    rss0 = rss_kb(d.proc.pid)
     with Prober(cfg.addr) as p:
         login = pb.Envelope()
         login.request_id = 1
@@ -826,7 +947,7 @@ def test_one_byte_per_second():
         login.login.principal = "civil"
         login.login.secret = harness.DEPARTMENTS["civil"][1]
         data = harness.frame(login.SerializeToString())
-        socks = [socket.create_connection(cfg.addr) for _ in range(20)]
+        socks = [socket.create_connection(cfg.addr) for _ in range(200)]
         t0 = time.monotonic()
         open_socks = list(socks)
         i = 0
@@ -837,11 +958,19 @@ def test_one_byte_per_second():
                 except OSError:
                     open_socks.remove(s)
             i += 1
+            if i == 2:
+                # All of them half-way through a login (login_timeout_s
+                # is 3): each holds a connection and its input buffer,
+                # and no more, far below 4 MiB for 200.
+                grew = rss_bounded(d, rss0, "one byte per second",
+                                   limit_kb=4 * 1024)
             time.sleep(1.0)
         elapsed = time.monotonic() - t0
         for s in socks:
             s.close()
     check_prober(p, quiet, "one byte per second")
+    print("one byte per second: 200 trickling clients, RSS grew by %d KiB"
+          % grew)
     # login_timeout_s = 3: every trickling client is gone well before 8 s.
     assert not open_socks, "%d trickling clients still open after %.0f s" % (
         len(open_socks), elapsed)
