@@ -5,13 +5,14 @@
  *
  * db_query() and db_batch_submit() copy the statement into a db_req, arm the
  * request's own timer (query_timeout_ms, or the batch's own limit from
- * db_batch_timeout, counted from submission so that
- * time spent waiting for a connection counts too) and put it at the tail of
- * the FIFO wait queue, refusing it when max_waiting requests already wait and
- * no connection is idle.  pool_dispatch() then hands the head of the queue to
- * an idle connection, which sends it without blocking (PQsendQueryParams,
- * then PQflush until it returns 0, waiting for EV_WRITE in between) and
- * becomes BUSY; one whose replan_interval_ms is up first sends DISCARD
+ * db_batch_timeout, counted from submission so that time spent waiting for
+ * a connection counts too, less what the caller says its client waited
+ * before that: db_query_waited, db_batch_waited) and put it at the tail
+ * of the FIFO wait queue, refusing it when max_waiting requests already
+ * wait and no connection is idle, or when no time is left.
+ * pool_dispatch() then hands the head of the queue to an idle connection,
+ * which sends it without blocking (PQsendQueryParams, then PQflush until
+ * it returns 0, waiting for EV_WRITE in between) and becomes BUSY; one whose replan_interval_ms is up first sends DISCARD
  * PLANS (REPLANNING) and takes work when that is answered.  Results are
  * read as the socket becomes readable (PQconsumeInput, PQisBusy,
  * PQgetResult).  A batch goes out in pipeline mode as BEGIN, its
@@ -134,6 +135,7 @@ struct db_batch {
 	int cap;
 	bool invalid;		/* a bad db_batch_add: refused at submit */
 	int timeout_ms;		/* 0: the pool's query_timeout_ms */
+	int waited_ms;		/* spent before submission (db_batch_waited) */
 };
 
 struct db_res {
@@ -157,6 +159,7 @@ struct db_req {
 	db_batch_cb bcb;
 	void *arg;
 	struct event *timer;
+	int waited_ms;			/* REQ_QUERY: spent before submission */
 	struct db_conn *conn;		/* REQ_INFLIGHT */
 	enum db_status status;
 	struct db_res res;		/* REQ_QUERY */
@@ -241,13 +244,30 @@ struct db_pool {
 	struct db_stats stats;
 };
 
-/* The limit a request runs under. */
+/* A wait before submission, as an int that no limit can underflow with. */
+static int
+waited_clamp(int64_t waited_ms)
+{
+	if (waited_ms < 0)
+		return 0;
+	return waited_ms > DB_MAX_TIMEOUT_MS ? DB_MAX_TIMEOUT_MS :
+	    (int)waited_ms;
+}
+
+/* The limit a request runs under: its own or the pool's, less what its
+ * client spent waiting before it was submitted (db_query_waited,
+ * db_batch_waited). */
 static int
 req_timeout_ms(const struct db_req *req)
 {
-	if (req->kind == REQ_BATCH && req->batch->timeout_ms > 0)
-		return req->batch->timeout_ms;
-	return req->pool->query_timeout_ms;
+	int limit = req->pool->query_timeout_ms, waited = req->waited_ms;
+
+	if (req->kind == REQ_BATCH) {
+		if (req->batch->timeout_ms > 0)
+			limit = req->batch->timeout_ms;
+		waited = req->batch->waited_ms;
+	}
+	return limit - waited;
 }
 
 static void conn_io_cb(evutil_socket_t, short, void *);
@@ -556,6 +576,12 @@ db_batch_timeout(struct db_batch *b, int timeout_ms)
 }
 
 void
+db_batch_waited(struct db_batch *b, int64_t waited_ms)
+{
+	b->waited_ms = waited_clamp(waited_ms);
+}
+
+void
 db_batch_free(struct db_batch *b)
 {
 	if (b == NULL)
@@ -736,14 +762,16 @@ pool_has_idle(const struct db_pool *pool)
 static bool
 pool_admit(struct db_pool *pool, struct db_req *req)
 {
-	if (pool->stopping || (pool->nqueued >= pool->max_waiting &&
+	int ms = req_timeout_ms(req);
+
+	/* No time left: its client has waited the whole limit already. */
+	if (pool->stopping || ms < 1 || (pool->nqueued >= pool->max_waiting &&
 	    !pool_has_idle(pool)))
 		return false;
 	req->where = REQ_QUEUED;
 	TAILQ_INSERT_TAIL(&pool->queue, req, entry);
 	pool->nqueued++;
-	if (req->kind == REQ_BATCH && req->batch->timeout_ms > 0) {
-		int ms = req->batch->timeout_ms;
+	if (ms != pool->query_timeout_ms) {
 		struct timeval tv = { .tv_sec = ms / 1000,
 		    .tv_usec = (ms % 1000) * 1000 };
 
@@ -758,6 +786,13 @@ bool
 db_query(struct db_pool *pool, const char *sql, int nparams,
     const char *const *params, db_cb cb, void *arg)
 {
+	return db_query_waited(pool, 0, sql, nparams, params, cb, arg);
+}
+
+bool
+db_query_waited(struct db_pool *pool, int64_t waited_ms, const char *sql,
+    int nparams, const char *const *params, db_cb cb, void *arg)
+{
 	struct db_req *req;
 
 	if (!stmt_valid(sql, nparams, params) || cb == NULL) {
@@ -768,6 +803,7 @@ db_query(struct db_pool *pool, const char *sql, int nparams,
 		return false;
 	req = req_new(pool, REQ_QUERY, arg);
 	req->cb = cb;
+	req->waited_ms = waited_clamp(waited_ms);
 	stmt_copy(&req->stmt, sql, nparams, params);
 	if (!pool_admit(pool, req)) {
 		req_free(req);

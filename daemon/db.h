@@ -73,6 +73,13 @@ void db_pool_stats(const struct db_pool *pool, struct db_stats *out);
  * the loop, never from inside this call. */
 bool db_query(struct db_pool *pool, const char *sql, int nparams,
     const char *const *params, db_cb cb, void *arg) WUR;
+/* As db_query, for a request whose client has waited waited_ms already,
+ * queued in the caller behind other work: its timer gets what is left of
+ * query_timeout_ms, so the client has an answer within that of asking,
+ * not a multiple of it. False, as for a full queue, when nothing is left. */
+bool db_query_waited(struct db_pool *pool, int64_t waited_ms,
+    const char *sql, int nparams, const char *const *params, db_cb cb,
+    void *arg) WUR;
 
 /* Statements sent together in pipeline mode on one connection, wrapped in
  * BEGIN/COMMIT: one round trip and one commit for the lot. */
@@ -109,6 +116,9 @@ int db_batch_count(const struct db_batch *b);
  * statements (partitioning a big community), not for requests a client
  * waits on. Out of range marks the batch invalid (refused at submit). */
 void db_batch_timeout(struct db_batch *b, int timeout_ms);
+/* As db_query_waited: the batch's limit is counted from waited_ms before
+ * its submission, and db_batch_submit refuses it when nothing is left. */
+void db_batch_waited(struct db_batch *b, int64_t waited_ms);
 void db_batch_free(struct db_batch *b);
 /* Takes ownership of b in every case. Same queueing rules as db_query. */
 bool db_batch_submit(struct db_pool *pool, struct db_batch *b,

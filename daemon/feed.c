@@ -1206,23 +1206,32 @@ parts_lanes(struct feed_part **sel, size_t nsel, int max_lanes)
 
 /* Sends t, in flight from now on; a transaction that cannot be sent is
  * answered at once (the caller's loop starts the next ones: no recursion
- * here). */
+ * here).  Its limit is counted from the arrival of its oldest request, so
+ * that a push that queued behind other transactions is still answered
+ * within query_timeout_ms of its arrival (a database that hangs would
+ * otherwise make it wait for theirs, then for its own); one that has
+ * waited that long already is not sent, and is answered UNAVAILABLE. */
 static void
 txn_submit(struct feed_txn *t)
 {
 	struct db_batch *b;
 	struct feed_req **fin;
 	size_t nfin;
+	int64_t oldest;
 
-	t->started = mono_ms();
+	t->started = oldest = mono_ms();
 	TAILQ_INSERT_TAIL(&fq.inflight, t, entry);
-	for (size_t i = 0; i < t->n; i++)
+	for (size_t i = 0; i < t->n; i++) {
 		mergekeys_set_add(&fq.inflight_keys, &t->parts[i]->keys);
+		if (t->parts[i]->r->started < oldest)
+			oldest = t->parts[i]->r->started;
+	}
 	if (t->solo)
 		fq.solo_inflight++;
 	if (gridd.db != NULL) {
 		b = db_batch_new();
 		txn_statement(t, b);
+		db_batch_waited(b, t->started - oldest);
 		if (db_batch_submit(gridd.db, b, lane_cb, t)) {
 			fq.ninflight++;
 			fq.lane_txns++;

@@ -235,6 +235,7 @@ struct act_item {
 	char lon[32], lat[32];
 	bool given;
 	char *key;			/* NULL = none */
+	int64_t arrived;		/* mono_ms */
 };
 
 static struct {
@@ -337,8 +338,8 @@ act_single(struct act_item *it)
 	params[5] = it->given ? it->lat : NULL;
 	params[6] = it->key;
 	memcpy(params + 7, s.p, sizeof(s.p));
-	if (!db_query(gridd.db, ACT_SINGLE_SQL, 7 + DISP_N_SETTINGS, params,
-	    disp_answer_cb, it->r))
+	if (!db_query_waited(gridd.db, mono_ms() - it->arrived, ACT_SINGLE_SQL,
+	    7 + DISP_N_SETTINGS, params, disp_answer_cb, it->r))
 		disp_req_fail(it->r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
 		    "database unavailable");
 	it->r = NULL;
@@ -401,6 +402,7 @@ acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 	char *arrs[7];
 	struct act_batch *b;
 	size_t n, max = (size_t)gridd.cfg->dispatch_batch;
+	int64_t now = mono_ms(), oldest = now;
 
 	UNUSED(fd);
 	UNUSED(what);
@@ -416,9 +418,16 @@ acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 	acts.n -= n;
 	for (int f = 0; f < 7; f++)
 		params[f] = arrs[f] = arr_of(b->items, n, f);
+	for (size_t i = 0; i < n; i++)
+		if (b->items[i].arrived < oldest)
+			oldest = b->items[i].arrived;
 	disp_settings(&s);
 	memcpy(params + 7, s.p, sizeof(s.p));
-	if (db_query(gridd.db, "SELECT outcome, detail, n, incident_id,"
+	/* Counted from the oldest action's arrival: one that waited for the
+	 * batch before (a database that hangs) is still answered within
+	 * query_timeout_ms of its arrival, UNAVAILABLE at once when that has
+	 * passed. */
+	if (db_query_waited(gridd.db, now - oldest, "SELECT outcome, detail, n, incident_id,"
 	    " assignment_id, worker_id, reason, state, cell_id, task_type,"
 	    " list, matter, summary, lon, lat, address, deadline_ms,"
 	    " departments, expires_ms, created_ms FROM"
@@ -493,6 +502,7 @@ worker_update_assignment(struct conn *c, const Gridd__V1__Envelope *env)
 	snprintf(it->lon, sizeof(it->lon), "%.17g", in->lon);
 	snprintf(it->lat, sizeof(it->lat), "%.17g", in->lat);
 	it->key = key[0] ? xstrdup(key) : NULL;
+	it->arrived = mono_ms();
 	it->r = disp_req_new(c, env->request_id, "update_assignment");
 	/* Gathered for the rest of this loop turn, or until the batch in
 	 * flight answers. */

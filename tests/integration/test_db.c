@@ -695,6 +695,80 @@ test_batch_timeout(const char *conninfo)
 	db_pool_free(pool);
 }
 
+/* A request whose client waited before it was submitted (queued behind
+ * other work in the caller) gets what is left of its limit, and none when
+ * nothing is. */
+static void
+test_waited(const char *conninfo)
+{
+	struct db_pool_opts o = pool_opts(conninfo, 1, 1000, 4);
+	struct db_pool *pool = new_pool(&o);
+	struct db_batch *b;
+	struct bres r;
+	struct qres q;
+	int64_t t0, el;
+
+	check(wait_connected(pool, 5000), "waited pool connects");
+	memset(&q, 0, sizeof(q));
+	in_submit = true;
+	check(!db_query_waited(pool, 1000, "SELECT 1", 0, NULL, query_cb, &q) &&
+	    !db_query_waited(pool, 86400001, "SELECT 1", 0, NULL, query_cb,
+	    &q), "a query whose client waited the whole limit is refused");
+	in_submit = false;
+	check(q.calls == 0, "and its callback never runs");
+
+	memset(&q, 0, sizeof(q));
+	q.t_sub = mono_ms();
+	check(db_query_waited(pool, 700, "SELECT pg_sleep(5)", 0, NULL,
+	    query_cb, &q) && run_until(&q.done, 5000),
+	    "a slow query 700 ms into its client's wait returns");
+	el = q.t_done - q.t_sub;
+	check(q.st == DB_TIMEOUT && el >= 250 && el < 900,
+	    "it gets the 300 ms left of 1000: DB_TIMEOUT after %lld ms (%s)",
+	    (long long)el, q.err);
+
+	memset(&q, 0, sizeof(q));
+	check(db_query_waited(pool, -5, "SELECT 2", 0, NULL, query_cb, &q) &&
+	    run_until(&q.done, 5000) && q.st == DB_OK &&
+	    strcmp(q.v[0], "2") == 0, "a wait below zero counts as none (%s)",
+	    q.err);
+
+	b = db_batch_new();
+	db_batch_waited(b, 700);
+	db_batch_add(b, "SELECT pg_sleep(5)", 0, NULL);
+	t0 = mono_ms();
+	check(run_batch(pool, b, &r), "a slow batch 700 ms in returns");
+	el = mono_ms() - t0;
+	check(r.st == DB_TIMEOUT && el >= 250 && el < 900,
+	    "it gets the 300 ms left: DB_TIMEOUT after %lld ms (status=%d)",
+	    (long long)el, r.st);
+
+	b = db_batch_new();
+	db_batch_waited(b, 1000);
+	db_batch_add(b, "SELECT 1", 0, NULL);
+	memset(&r, 0, sizeof(r));
+	in_submit = true;
+	check(!db_batch_submit(pool, b, batch_cb, &r),
+	    "a batch whose client waited the whole limit is refused");
+	in_submit = false;
+
+	/* A batch's own limit counts from the same wait. */
+	b = db_batch_new();
+	db_batch_timeout(b, 3000);
+	db_batch_waited(b, 2700);
+	db_batch_add(b, "SELECT pg_sleep(5)", 0, NULL);
+	t0 = mono_ms();
+	check(run_batch(pool, b, &r), "a batch with its own limit returns");
+	el = mono_ms() - t0;
+	check(r.st == DB_TIMEOUT && el >= 250 && el < 900,
+	    "300 ms left of its own 3000: DB_TIMEOUT after %lld ms",
+	    (long long)el);
+	check(run_query(pool, &q, "SELECT 3", 0, NULL, 5000) &&
+	    q.st == DB_OK && strcmp(q.v[0], "3") == 0,
+	    "the pool recovers after them (%s)", q.err);
+	db_pool_free(pool);
+}
+
 /* New settings reach every session as it is recycled; the pool grows and
  * shrinks. */
 static void
@@ -1649,6 +1723,7 @@ main(void)
 	test_queue(ci);
 	test_timeout(ci);
 	test_batch_timeout(ci);
+	test_waited(ci);
 	test_reconfigure(ci);
 	test_replan(ci);
 	test_prepared(ci);
