@@ -159,9 +159,9 @@ static const struct key_def keys[] = {
 	KC(D, "pool_size", CFG_T_INT, pool_size, "4", 1, 64, F_RESTART,
 	    "database connections"),
 	KC(D, "query_timeout_ms", CFG_T_INT, query_timeout_ms, "5000", 10,
-	    600000, 0, "a request's database work not answered this long "
-	    "after the request came fails (UNAVAILABLE), time queued in "
-	    "gridd included"),
+	    600000, 0, "a statement not answered this long fails; for pushes "
+	    "and workers' actions counted from the request's arrival, time "
+	    "queued in gridd included"),
 	KC(D, "max_waiting", CFG_T_INT, max_waiting, "10000", 0, 1000000, 0,
 	    "statements queued beyond the pool; more fail at once"),
 	KC(D, "reconnect_max_ms", CFG_T_INT, reconnect_max_ms, "5000", 100,

@@ -254,20 +254,43 @@ waited_clamp(int64_t waited_ms)
 	    (int)waited_ms;
 }
 
-/* The limit a request runs under: its own or the pool's, less what its
- * client spent waiting before it was submitted (db_query_waited,
+/* The limit a request runs under: its own or the pool's. */
+static int
+req_limit_ms(const struct db_req *req)
+{
+	if (req->kind == REQ_BATCH && req->batch->timeout_ms > 0)
+		return req->batch->timeout_ms;
+	return req->pool->query_timeout_ms;
+}
+
+/* What its client spent waiting before it was submitted (db_query_waited,
  * db_batch_waited). */
+static int
+req_waited_ms(const struct db_req *req)
+{
+	return req->kind == REQ_BATCH ? req->batch->waited_ms : req->waited_ms;
+}
+
+/* The time its timer runs for. */
 static int
 req_timeout_ms(const struct db_req *req)
 {
-	int limit = req->pool->query_timeout_ms, waited = req->waited_ms;
+	return req_limit_ms(req) - req_waited_ms(req);
+}
 
-	if (req->kind == REQ_BATCH) {
-		if (req->batch->timeout_ms > 0)
-			limit = req->batch->timeout_ms;
-		waited = req->batch->waited_ms;
-	}
-	return limit - waited;
+/* Less than a tenth of a limit left after a wait: a statement sent with
+ * so little would mostly be cut off by its timer, its work done anyway
+ * (and done again when the client sends it again). */
+static bool
+too_late(int limit, int64_t waited_ms)
+{
+	return waited_ms > 0 && waited_ms > limit - limit / 10;
+}
+
+bool
+db_too_late(const struct db_pool *pool, int64_t waited_ms)
+{
+	return too_late(pool->query_timeout_ms, waited_ms);
 }
 
 static void conn_io_cb(evutil_socket_t, short, void *);
@@ -712,8 +735,13 @@ req_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct db_conn *c = req->conn;
 	char why[96];
 
-	snprintf(why, sizeof(why), "no answer within %d ms",
-	    req_timeout_ms(req));
+	if (req_waited_ms(req) > 0)
+		snprintf(why, sizeof(why), "no answer within %d ms (%d of "
+		    "them queued before)", req_limit_ms(req),
+		    req_waited_ms(req));
+	else
+		snprintf(why, sizeof(why), "no answer within %d ms",
+		    req_limit_ms(req));
 	if (req->where == REQ_QUEUED) {
 		/* Waited for a connection the whole time: say whether any
 		 * was up, so the caller can tell a slow database from none. */
@@ -724,8 +752,8 @@ req_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (req->where != REQ_INFLIGHT)
 		return;
-	log_warn("event=db_timeout slot=%d timeout_ms=%d", c->slot,
-	    req_timeout_ms(req));
+	log_warn("event=db_timeout slot=%d timeout_ms=%d waited_ms=%d", c->slot,
+	    req_limit_ms(req), req_waited_ms(req));
 	c->req = NULL;
 	req_finish(req, DB_TIMEOUT, why);
 	/* No asynchronous cancel in PostgreSQL 15's libpq: the session is
@@ -764,9 +792,8 @@ pool_admit(struct db_pool *pool, struct db_req *req)
 {
 	int ms = req_timeout_ms(req);
 
-	/* No time left: its client has waited the whole limit already. */
-	if (pool->stopping || ms < 1 || (pool->nqueued >= pool->max_waiting &&
-	    !pool_has_idle(pool)))
+	if (pool->stopping || too_late(req_limit_ms(req), req_waited_ms(req)) ||
+	    (pool->nqueued >= pool->max_waiting && !pool_has_idle(pool)))
 		return false;
 	req->where = REQ_QUEUED;
 	TAILQ_INSERT_TAIL(&pool->queue, req, entry);

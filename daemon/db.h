@@ -76,10 +76,16 @@ bool db_query(struct db_pool *pool, const char *sql, int nparams,
 /* As db_query, for a request whose client has waited waited_ms already,
  * queued in the caller behind other work: its timer gets what is left of
  * query_timeout_ms, so the client has an answer within that of asking,
- * not a multiple of it. False, as for a full queue, when nothing is left. */
+ * not a multiple of it. False, as for a full queue, when it is too late
+ * (db_too_late). */
 bool db_query_waited(struct db_pool *pool, int64_t waited_ms,
     const char *sql, int nparams, const char *const *params, db_cb cb,
     void *arg) WUR;
+/* Whether a request whose client has waited waited_ms is too late to send:
+ * less than a tenth of query_timeout_ms left, which its timer would mostly
+ * cut off with the work done anyway. Callers answer such requests
+ * UNAVAILABLE one by one before they group them. */
+bool db_too_late(const struct db_pool *pool, int64_t waited_ms);
 
 /* Statements sent together in pipeline mode on one connection, wrapped in
  * BEGIN/COMMIT: one round trip and one commit for the lot. */
@@ -117,7 +123,8 @@ int db_batch_count(const struct db_batch *b);
  * waits on. Out of range marks the batch invalid (refused at submit). */
 void db_batch_timeout(struct db_batch *b, int timeout_ms);
 /* As db_query_waited: the batch's limit is counted from waited_ms before
- * its submission, and db_batch_submit refuses it when nothing is left. */
+ * its submission, and db_batch_submit refuses it when too late (less than
+ * a tenth of that limit left). */
 void db_batch_waited(struct db_batch *b, int64_t waited_ms);
 void db_batch_free(struct db_batch *b);
 /* Takes ownership of b in every case. Same queueing rules as db_query. */

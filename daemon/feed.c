@@ -296,6 +296,7 @@ static struct {
 	uint64_t group_retries;
 	uint64_t tile_waits;	/* parts held back for merge tiles */
 	uint64_t busy;		/* pushes refused: queue full */
+	uint64_t late;		/* parts answered unsent: out of time */
 	uint64_t db_failures;
 	struct size_hist batch_items;
 	struct size_hist group_reqs;
@@ -1204,13 +1205,22 @@ parts_lanes(struct feed_part **sel, size_t nsel, int max_lanes)
 	return lanes;
 }
 
+/* Whether a request that came at started has too little of its
+ * query_timeout_ms left to be sent (db_too_late). */
+static bool
+req_late(int64_t started, int64_t now)
+{
+	return gridd.db != NULL && db_too_late(gridd.db, now - started);
+}
+
 /* Sends t, in flight from now on; a transaction that cannot be sent is
  * answered at once (the caller's loop starts the next ones: no recursion
  * here).  Its limit is counted from the arrival of its oldest request, so
  * that a push that queued behind other transactions is still answered
  * within query_timeout_ms of its arrival (a database that hangs would
- * otherwise make it wait for theirs, then for its own); one that has
- * waited that long already is not sent, and is answered UNAVAILABLE. */
+ * otherwise make it wait for theirs, then for its own); one whose oldest
+ * request is late (feed_shed_late missed it) is not built or sent, and is
+ * answered UNAVAILABLE. */
 static void
 txn_submit(struct feed_txn *t)
 {
@@ -1218,6 +1228,7 @@ txn_submit(struct feed_txn *t)
 	struct feed_req **fin;
 	size_t nfin;
 	int64_t oldest;
+	bool late;
 
 	t->started = oldest = mono_ms();
 	TAILQ_INSERT_TAIL(&fq.inflight, t, entry);
@@ -1228,7 +1239,9 @@ txn_submit(struct feed_txn *t)
 	}
 	if (t->solo)
 		fq.solo_inflight++;
-	if (gridd.db != NULL) {
+	if ((late = req_late(oldest, t->started)))
+		fq.late += t->n;
+	else if (gridd.db != NULL) {
 		b = db_batch_new();
 		txn_statement(t, b);
 		db_batch_waited(b, t->started - oldest);
@@ -1239,7 +1252,8 @@ txn_submit(struct feed_txn *t)
 		}
 	}
 	/* Never sent: no sqlstate, so answered UNAVAILABLE. */
-	fq.db_failures++;
+	if (!late)
+		fq.db_failures++;
 	txn_unlink(t);
 	for (size_t i = 0; i < t->n; i++) {
 		part_fail(t->parts[i], NULL);
@@ -1248,6 +1262,44 @@ txn_submit(struct feed_txn *t)
 	fin = txn_fin(t);
 	nfin = parts_end(t->parts, t->n, fin);
 	txn_free(t);
+	reqs_finish(fin, nfin);
+}
+
+/*
+ * Answers the late parts at the head of the queue UNAVAILABLE, unsent (and
+ * with them the other queued parts of their requests, which came at the
+ * same time).  The queue holds parts in the order their pushes came, so
+ * the late ones are at its head, but for a part retried alone after its
+ * transaction failed, which goes back to the head and may be younger than
+ * what it passes: a late part behind it is caught by txn_submit instead.
+ */
+static void
+feed_shed_late(void)
+{
+	struct feed_part *pt, **late = NULL;
+	struct feed_req **fin;
+	size_t n = 0, cap = 0, nfin;
+	int64_t now = mono_ms();
+
+	while ((pt = TAILQ_FIRST(&fq.queue)) != NULL &&
+	    req_late(pt->r->started, now)) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			late = xreallocarray(late, cap, sizeof(*late));
+		}
+		part_take(pt);
+		part_fail(pt, NULL);
+		req_doom(pt->r);
+		late[n++] = pt;
+	}
+	if (n == 0)
+		return;
+	fq.late += n;
+	log_warn("event=push_late parts=%zu queued=%zu reason=\"queued past "
+	    "query_timeout_ms\"", n, fq.queued_items);
+	fin = xcalloc(n, sizeof(*fin));
+	nfin = parts_end(late, n, fin);
+	free(late);
 	reqs_finish(fin, nfin);
 }
 
@@ -1281,6 +1333,7 @@ feed_start(void)
 	size_t hashed = 0, nheld = 0;
 	int room = max_inflight() - fq.ninflight, lanes;
 
+	feed_shed_late();
 	pt = TAILQ_FIRST(&fq.queue);
 	if (pt == NULL || room < 1 || fq.solo_inflight > 0 ||
 	    (pt->solo && fq.ninflight > 0))
@@ -1792,6 +1845,10 @@ feed_metrics_cb(struct evbuffer *out)
 	metrics_family(out, "gridd_push_refused_total", "counter",
 	    "Pushes refused before any work because the queue was full.");
 	metrics_sample(out, "gridd_push_refused_total", NULL, (double)fq.busy);
+	metrics_family(out, "gridd_push_late_total", "counter",
+	    "Parts of pushes answered UNAVAILABLE unsent: still queued when "
+	    "nearly all of query_timeout_ms had passed since the push came.");
+	metrics_sample(out, "gridd_push_late_total", NULL, (double)fq.late);
 	metrics_family(out, "gridd_push_db_failures_total", "counter",
 	    "Ingest transactions that did not commit.");
 	metrics_sample(out, "gridd_push_db_failures_total", NULL,

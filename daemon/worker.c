@@ -394,6 +394,31 @@ acts_done_cb(void *arg, const struct db_res *res)
 		event_active(acts.flush_ev, EV_TIMEOUT, 0);
 }
 
+/* The actions at the head of the queue (the oldest) that waited for the
+ * batch before them until it is too late to send them (db_too_late): each
+ * answered UNAVAILABLE, not applied, rather than sent in a batch that its
+ * timer would cut off. */
+static void
+acts_shed_late(int64_t now)
+{
+	size_t k = 0;
+
+	if (gridd.db == NULL)
+		return;
+	while (k < acts.n && db_too_late(gridd.db, now - acts.q[k].arrived)) {
+		disp_req_fail(acts.q[k].r, GRIDD__V1__ERROR_CODE__UNAVAILABLE,
+		    "database unavailable: not applied; send it again");
+		act_free(&acts.q[k]);
+		k++;
+	}
+	if (k == 0)
+		return;
+	log_warn("event=update_assignment outcome=late actions=%zu "
+	    "reason=\"queued past query_timeout_ms\"", k);
+	memmove(acts.q, acts.q + k, (acts.n - k) * sizeof(*acts.q));
+	acts.n -= k;
+}
+
 static void
 acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -408,6 +433,9 @@ acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(what);
 	UNUSED(arg);
 	if (acts.busy || acts.n == 0)
+		return;
+	acts_shed_late(now);
+	if (acts.n == 0)
 		return;
 	n = acts.n < max ? acts.n : max;
 	b = xcalloc(1, sizeof(*b));

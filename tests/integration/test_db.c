@@ -714,6 +714,10 @@ test_waited(const char *conninfo)
 	check(!db_query_waited(pool, 1000, "SELECT 1", 0, NULL, query_cb, &q) &&
 	    !db_query_waited(pool, 86400001, "SELECT 1", 0, NULL, query_cb,
 	    &q), "a query whose client waited the whole limit is refused");
+	check(!db_query_waited(pool, 901, "SELECT 1", 0, NULL, query_cb, &q) &&
+	    db_too_late(pool, 901) && !db_too_late(pool, 900) &&
+	    !db_too_late(pool, 0),
+	    "and one with less than a tenth of it left (99 ms of 1000)");
 	in_submit = false;
 	check(q.calls == 0, "and its callback never runs");
 

@@ -596,6 +596,12 @@ class PrivatePG:
         return r.stdout
 
 
+def metrics_text(cfg, timeout=5):
+    url = "http://127.0.0.1:%d/metrics" % cfg.http_port
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
 def healthz(cfg, timeout=5):
     url = "http://127.0.0.1:%d/healthz" % cfg.http_port
     try:
@@ -960,8 +966,11 @@ def test_database_hangs():
             os.kill(pid, signal.SIGCONT)
         stopped = []
         worst = max(lat, key=lambda x: x[1])
-        print("hung database: %d answers in %.1f s, slowest %s %.2f s (%s)"
-              % (len(lat), hung_for, *worst))
+        late = re.search(r"^gridd_push_late_total (\S+)$", metrics_text(cfg),
+                         re.M)
+        print("hung database: %d answers in %.1f s, slowest %s %.2f s (%s);"
+              " push parts answered unsent for lack of time: %s"
+              % (len(lat), hung_for, *worst, late.group(1) if late else "?"))
         slow = [x for x in lat if x[1] > BOUND_S]
         assert not slow, "answers later than their timeout: %s" % slow
         assert all(x[2] == "UNAVAILABLE" for x in lat), lat
