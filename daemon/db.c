@@ -9,11 +9,12 @@
  * a connection counts too, less what the caller says its client waited
  * before that: db_query_waited, db_batch_waited) and put it at the tail
  * of the FIFO wait queue, refusing it when max_waiting requests already
- * wait and no connection is idle, or when no time is left.
+ * wait and no connection is idle, or when it is too late (db_too_late).
  * pool_dispatch() then hands the head of the queue to an idle connection,
  * which sends it without blocking (PQsendQueryParams, then PQflush until
- * it returns 0, waiting for EV_WRITE in between) and becomes BUSY; one whose replan_interval_ms is up first sends DISCARD
- * PLANS (REPLANNING) and takes work when that is answered.  Results are
+ * it returns 0, waiting for EV_WRITE in between) and becomes BUSY; one
+ * whose replan_interval_ms is up first sends DISCARD PLANS (REPLANNING)
+ * and takes work when that is answered.  Results are
  * read as the socket becomes readable (PQconsumeInput, PQisBusy,
  * PQgetResult).  A batch goes out in pipeline mode as BEGIN, its
  * statements, COMMIT and one sync; when a statement fails the server skips
@@ -284,7 +285,7 @@ req_timeout_ms(const struct db_req *req)
 static bool
 too_late(int limit, int64_t waited_ms)
 {
-	return waited_ms > 0 && waited_ms > limit - limit / 10;
+	return waited_ms > limit - limit / 10;
 }
 
 bool

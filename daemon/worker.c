@@ -427,7 +427,7 @@ acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 	char *arrs[7];
 	struct act_batch *b;
 	size_t n, max = (size_t)gridd.cfg->dispatch_batch;
-	int64_t now = mono_ms(), oldest = now;
+	int64_t now = mono_ms();
 
 	UNUSED(fd);
 	UNUSED(what);
@@ -446,16 +446,14 @@ acts_flush_cb(evutil_socket_t fd, short what, void *arg)
 	acts.n -= n;
 	for (int f = 0; f < 7; f++)
 		params[f] = arrs[f] = arr_of(b->items, n, f);
-	for (size_t i = 0; i < n; i++)
-		if (b->items[i].arrived < oldest)
-			oldest = b->items[i].arrived;
 	disp_settings(&s);
 	memcpy(params + 7, s.p, sizeof(s.p));
-	/* Counted from the oldest action's arrival: one that waited for the
-	 * batch before (a database that hangs) is still answered within
-	 * query_timeout_ms of its arrival, UNAVAILABLE at once when that has
-	 * passed. */
-	if (db_query_waited(gridd.db, now - oldest, "SELECT outcome, detail, n, incident_id,"
+	/* Counted from the arrival of the first (the queue keeps arrival
+	 * order): an action that waited for the batch before it (a database
+	 * that hangs) is still answered within query_timeout_ms of its
+	 * arrival; those too late for that were answered above. */
+	if (db_query_waited(gridd.db, now - b->items[0].arrived,
+	    "SELECT outcome, detail, n, incident_id,"
 	    " assignment_id, worker_id, reason, state, cell_id, task_type,"
 	    " list, matter, summary, lon, lat, address, deadline_ms,"
 	    " departments, expires_ms, created_ms FROM"

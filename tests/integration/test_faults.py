@@ -611,6 +611,42 @@ def healthz(cfg, timeout=5):
         return e.code
 
 
+def gridd_on(pg, name, query_timeout_s, **overrides):
+    """gridd on database faults of the private cluster pg, answering
+    /healthz, with the test grid loaded: (config, daemon)."""
+    pg.start()
+    pg.psql("CREATE DATABASE faults")
+    cfg = write_config(harness.tmppath(name), dbname="faults",
+                       database__query_timeout_ms=query_timeout_s * 1000,
+                       database__reconnect_max_ms=500,
+                       dispatch__offer_timeout_s=600, **overrides)
+    cfg.set("database", "conninfo", pg.conninfo("faults")).write()
+    d = start(cfg)
+    # The pool connects asynchronously after start; give it a moment
+    # (longer under sanitizers) before calling the daemon healthy.
+    deadline = time.monotonic() + 10
+    while healthz(cfg) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert healthz(cfg) == 200, "healthz before the fault"
+    load_grid("faults", pg.psql)
+    return cfg, d
+
+
+def on_duty_worker(cfg, wid):
+    """Worker wid of the test cell, made by the admin, logged in (with a
+    long timeout) and on duty."""
+    with Client(cfg.addr) as admin:
+        login_admin(admin)
+        expect_body(admin.request(
+            "upsert_worker", worker_id=wid, name=wid,
+            password=dc.WORKER_PASSWORD, community_id=COMMUNITY,
+            cell_ids=[CELL], max_open=5), "ok")
+    c = Client(cfg.addr, timeout=15)
+    expect_body(c.login("WORKER", wid, dc.WORKER_PASSWORD), "login_reply")
+    dc.check_in(c, True)
+    return c
+
+
 def test_database_outage():
     """Logins, pushes and a worker's action while the database is down for
     10 s: each is answered UNAVAILABLE within its timeout, nothing
@@ -619,37 +655,14 @@ def test_database_outage():
     SLOW_S = QUERY_TIMEOUT_S + 1.5
     pg = PrivatePG()
     try:
-        pg.start()
-        pg.psql("CREATE DATABASE faults")
-        cfg = write_config(harness.tmppath("outage.conf"), dbname="faults",
-                           database__query_timeout_ms=QUERY_TIMEOUT_S * 1000,
-                           database__reconnect_max_ms=500,
-                           admin_http__health_timeout_ms=500,
-                           dispatch__offer_timeout_s=600)
-        cfg.set("database", "conninfo", pg.conninfo("faults")).write()
-        d = start(cfg)
-        # The pool connects asynchronously after start; give it a moment
-        # (longer under sanitizers) before calling the daemon healthy.
-        deadline = time.monotonic() + 10
-        while healthz(cfg) != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert healthz(cfg) == 200, "healthz before the outage"
-        load_grid("faults", pg.psql)
+        cfg, d = gridd_on(pg, "outage.conf", QUERY_TIMEOUT_S,
+                          admin_http__health_timeout_ms=500)
         pushes = push_supported(cfg.addr)
 
         # A worker with an offer, to act on it while the database is down.
         worker = None
         if pushes:
-            with Client(cfg.addr) as admin:
-                login_admin(admin)
-                expect_body(admin.request(
-                    "upsert_worker", worker_id="ow1", name="Outage Worker",
-                    password=dc.WORKER_PASSWORD, community_id=COMMUNITY,
-                    cell_ids=[CELL], max_open=5), "ok")
-            worker = Client(cfg.addr, timeout=15)
-            expect_body(worker.login("WORKER", "ow1", dc.WORKER_PASSWORD),
-                        "login_reply")
-            dc.check_in(worker, True)
+            worker = on_duty_worker(cfg, "ow1")
             with Client(cfg.addr) as urban:
                 login_department(urban, "urban")
                 env = urban.request("push_incidents", incidents=[incident(
@@ -859,36 +872,13 @@ def test_database_hangs():
     pg = PrivatePG()
     stopped = []
     try:
-        pg.start()
-        pg.psql("CREATE DATABASE faults")
-        cfg = write_config(harness.tmppath("hang.conf"), dbname="faults",
-                           database__query_timeout_ms=QUERY_TIMEOUT_S * 1000,
-                           database__reconnect_max_ms=500,
-                           dispatch__offer_timeout_s=600)
-        cfg.set("database", "conninfo", pg.conninfo("faults")).write()
-        d = start(cfg)
-        deadline = time.monotonic() + 10
-        while healthz(cfg) != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        load_grid("faults", pg.psql)
+        cfg, d = gridd_on(pg, "hang.conf", QUERY_TIMEOUT_S)
         if not push_supported(cfg.addr):
             d.stop()
             raise Skip("PushIncidents not implemented yet")
         workers = ["hw%d" % i for i in range(3)]
         offers = {}
-        with Client(cfg.addr) as admin:
-            login_admin(admin)
-            for w in workers:
-                expect_body(admin.request(
-                    "upsert_worker", worker_id=w, name=w,
-                    password=dc.WORKER_PASSWORD, community_id=COMMUNITY,
-                    cell_ids=[CELL], max_open=5), "ok")
-        wc = {}
-        for w in workers:
-            wc[w] = Client(cfg.addr, timeout=15)
-            expect_body(wc[w].login("WORKER", w, dc.WORKER_PASSWORD),
-                        "login_reply")
-            dc.check_in(wc[w], True)
+        wc = dict((w, on_duty_worker(cfg, w)) for w in workers)
         with Client(cfg.addr) as urban:
             login_department(urban, "urban")
             for k in range(len(workers)):
