@@ -235,6 +235,16 @@ static const struct key_def keys[] = {
 	    "could make them wait, one transaction per lane of task types; a "
 	    "part starts beside others only when its merges cannot meet "
 	    "theirs; one source's pushes of a task type stay in order"),
+	KC(P, "group_commit_min_items", CFG_T_INT, group_commit_min_items,
+	    "120", 0, 1000000, 0, "a transaction starts beside ingest "
+	    "transactions already in flight only once this many incidents "
+	    "are queued, or once the oldest has waited "
+	    "group_commit_delay_ms: fewer, larger transactions under load, "
+	    "each paying the call's fixed cost once (0: start at once)"),
+	KC(P, "group_commit_delay_ms", CFG_T_INT, group_commit_delay_ms,
+	    "4", 0, 1000, 0, "the longest a push waits for "
+	    "group_commit_min_items while another ingest transaction is in "
+	    "flight"),
 	KC(P, "push_queue_max_items", CFG_T_INT, push_queue_max_items,
 	    "200000", 1, 10000000, 0, "incidents waiting for a transaction; "
 	    "pushes beyond it are UNAVAILABLE"),

@@ -143,6 +143,8 @@ struct cfg {
 	int push_max_age_days;		/* and at most this far back */
 	int group_commit_max_items;	/* items per ingest transaction */
 	int group_commit_parallel;	/* ingest transactions in flight */
+	int group_commit_min_items;	/* to start beside one in flight */
+	int group_commit_delay_ms;	/* or once the oldest waited this */
 	int push_queue_max_items;	/* items waiting for a transaction */
 	int subscribe_page;		/* events fetched per subscriber query */
 	int checkin_max_age_s;

@@ -961,6 +961,68 @@ def test_a_stalled_task_type_does_not_hold_back_the_others():
     civil.close()
 
 
+def test_beside_a_transaction_in_flight_a_small_push_waits_for_more():
+    """group_commit_min_items: while an ingest transaction is in flight, a
+    transaction starts beside it only once that many items are queued, or
+    once the oldest has waited group_commit_delay_ms, so that a steady
+    stream goes in fewer, larger transactions. With nothing in flight a
+    push goes at once, and so does one that brings enough items."""
+    daemon()
+    cfg = harness.write_config(harness.tmppath("feed-min.conf"),
+                               dbname=_cfg.dbname,
+                               dispatch__group_commit_min_items="40",
+                               dispatch__group_commit_delay_ms="1000")
+    g = harness.Gridd(cfg, name="feed-min").start()
+    civil = urban = None
+    try:
+        civil = harness.Client(g.addr, timeout=20)
+        expect_body(civil.login("DEPARTMENT", "civil",
+                                harness.DEPARTMENTS["civil"][1]),
+                    "login_reply")
+        urban = harness.Client(g.addr, timeout=20)
+        expect_body(urban.login("DEPARTMENT", "urban",
+                                harness.DEPARTMENTS["urban"][1]),
+                    "login_reply")
+        x, y = spot(6, 15)
+        # Nothing in flight: no wait.
+        t0 = time.monotonic()
+        quiet = push(urban, [item("min-quiet", "CG01", *spot(8, 15))])
+        assert stored(quiet[0]), quiet
+        assert time.monotonic() - t0 < 0.75, "a push waited with none in flight"
+        with held_merge_tiles("elderly_visit", x, y):
+            first = civil.envelope("push_incidents", incidents=[
+                item("min-first", "MZ01", x, y)])
+            civil.send(first)
+            wait_for(lambda: merge_lock_waiters() == 1, "a push in flight")
+            waits = metric(cfg.http_port, "gridd_push_min_waits_total")
+            # One item beside it: it waits out the delay, then goes
+            # (the tiles are still held: it did not wait for the first).
+            t0 = time.monotonic()
+            small = push(urban, [item("min-small", "CG01", x, y)],
+                         timeout=15)
+            took = time.monotonic() - t0
+            assert stored(small[0]), small
+            assert took >= 0.95, "no wait beside a transaction: %.3f s" % took
+            assert merge_lock_waiters() == 1
+            assert metric(cfg.http_port,
+                          "gridd_push_min_waits_total") > waits
+            # Forty items: enough, at once.
+            t0 = time.monotonic()
+            big = push(urban, [item("min-big-%02d" % k, "CG02",
+                                    *spot(10 + k // 10, k % 10))
+                               for k in range(40)], timeout=15)
+            took = time.monotonic() - t0
+            assert all(stored(r) for r in big), big
+            assert took < 0.75, "enough items waited: %.3f s" % took
+            assert merge_lock_waiters() == 1
+        assert_outcome(replied(civil, first)[0], "ACCEPTED")
+    finally:
+        for c in (civil, urban):
+            if c is not None:
+                c.close()
+        g.stop()
+
+
 def test_a_push_that_may_have_committed_sends_no_more_of_its_parts():
     """A push whose part's connection died may have committed: it fails
     UNAVAILABLE whatever its other parts would meet, so a part of it still
