@@ -240,11 +240,12 @@ static const struct key_def keys[] = {
 	    "transactions already in flight only once this many incidents "
 	    "are queued, or once the oldest has waited "
 	    "group_commit_delay_ms: fewer, larger transactions under load, "
-	    "each paying the call's fixed cost once (0: start at once)"),
+	    "each paying the call's fixed cost once (0: start at once; "
+	    "nothing to do with group_commit_parallel = 1)"),
 	KC(P, "group_commit_delay_ms", CFG_T_INT, group_commit_delay_ms,
 	    "4", 0, 1000, 0, "the longest a push waits for "
 	    "group_commit_min_items while another ingest transaction is in "
-	    "flight"),
+	    "flight (at most half of database.query_timeout_ms; 0: never)"),
 	KC(P, "push_queue_max_items", CFG_T_INT, push_queue_max_items,
 	    "200000", 1, 10000000, 0, "incidents waiting for a transaction; "
 	    "pushes beyond it are UNAVAILABLE"),

@@ -300,9 +300,9 @@ static struct {
 	uint64_t busy;		/* pushes refused: queue full */
 	uint64_t late;		/* parts answered unsent: out of time */
 	uint64_t db_failures;
-	uint64_t held_min;	/* looks that waited for group_commit_min_items */
-	struct event *min_ev;	/* ends that wait */
-	bool min_armed;
+	uint64_t held_min;	/* waits for group_commit_min_items */
+	struct event *min_ev;	/* ends such a wait */
+	int64_t min_due;	/* mono_ms when it fires; 0: not pending */
 	struct size_hist batch_items;
 	struct size_hist group_reqs;
 	struct size_hist group_items;
@@ -1315,7 +1315,7 @@ min_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	fq.min_armed = false;
+	fq.min_due = 0;
 	feed_flush();
 }
 
@@ -1328,31 +1328,46 @@ min_cb(evutil_socket_t fd, short what, void *arg)
  * lanes then run small transactions back to back, and the stream's
  * ceiling is lower than that of the same load sent in bursts.  So, with
  * one in flight already, the queue waits for group_commit_min_items, or
- * until its oldest part has waited group_commit_delay_ms; with none in
- * flight (a quiet moment) it never waits.
+ * until its oldest part has waited group_commit_delay_ms (never more than
+ * half of query_timeout_ms, so that a part that waits is never too late
+ * to be sent); with none in flight (a quiet moment) it never waits.
  */
 static bool
 feed_wait_min(const struct feed_part *pt)
 {
 	const struct cfg *cfg = gridd.cfg;
-	int64_t waited, left;
+	int64_t now, left, due, delay = cfg->group_commit_delay_ms;
 	struct timeval tv;
 
+	if (delay > cfg->query_timeout_ms / 2)
+		delay = cfg->query_timeout_ms / 2;
 	if (fq.ninflight == 0 || cfg->group_commit_min_items == 0 ||
-	    fq.queued_items >= (size_t)cfg->group_commit_min_items)
+	    fq.queued_items >= (size_t)cfg->group_commit_min_items ||
+	    fq.min_ev == NULL)
 		return false;
-	waited = mono_ms() - pt->r->started;
-	left = cfg->group_commit_delay_ms - waited;
+	now = mono_ms();
+	left = delay - (now - pt->r->started);
 	if (left <= 0)
 		return false;
-	fq.held_min++;
-	if (!fq.min_armed && fq.min_ev != NULL) {
-		tv.tv_sec = (time_t)(left / 1000);
-		tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
-		if (evtimer_add(fq.min_ev, &tv) == 0)
-			fq.min_armed = true;
+	/*
+	 * One tick more: libevent's clock is coarse and mono_ms truncates, so
+	 * a timer set for exactly what is left may fire a little early and
+	 * find a wait of a millisecond still to go.  A pending timer is only
+	 * ever brought forward (a reload may have shortened the delay).
+	 */
+	due = now + left + 1;
+	if (fq.min_due == 0 || due < fq.min_due) {
+		tv.tv_sec = (time_t)((left + 1) / 1000);
+		tv.tv_usec = (suseconds_t)((left + 1) % 1000) * 1000;
+		if (evtimer_add(fq.min_ev, &tv) != 0)
+			return false;
+		if (fq.min_due == 0)
+			fq.held_min++;
+		fq.min_due = due;
 	}
-	return fq.min_armed;
+	/* A timer is pending: it calls feed_flush, so nothing is stranded
+	 * even if no transaction in flight ends before it. */
+	return true;
 }
 
 /*
@@ -1902,8 +1917,8 @@ feed_metrics_cb(struct evbuffer *out)
 	    "nearly all of query_timeout_ms had passed since the push came.");
 	metrics_sample(out, "gridd_push_late_total", NULL, (double)fq.late);
 	metrics_family(out, "gridd_push_min_waits_total", "counter",
-	    "Looks at the queue that started no transaction beside those in "
-	    "flight, waiting for group_commit_min_items.");
+	    "Times a transaction beside those in flight waited for "
+	    "group_commit_min_items queued incidents or group_commit_delay_ms.");
 	metrics_sample(out, "gridd_push_min_waits_total", NULL,
 	    (double)fq.held_min);
 	metrics_family(out, "gridd_push_db_failures_total", "counter",
@@ -1912,15 +1927,24 @@ feed_metrics_cb(struct evbuffer *out)
 	    (double)fq.db_failures);
 }
 
+/* A reload may allow more transactions in flight, larger ones, or a
+ * shorter wait beside them: the queue is looked at again now, not at the
+ * next push or commit. */
 void
+feed_config_changed(void)
+{
+	feed_flush();
+}
+
+bool
 feed_init(void)
 {
-	metrics_register("feed", feed_metrics_cb);
 	fq.min_ev = evtimer_new(gridd.base, min_cb, NULL);
 	if (fq.min_ev == NULL)
-		log_warn("event=feed_init reason=\"no timer: pushes never "
-		    "wait for group_commit_min_items\"");
+		return false;
+	metrics_register("feed", feed_metrics_cb);
 	cellcache_init();
+	return true;
 }
 
 void
@@ -1940,7 +1964,7 @@ feed_shutdown(void)
 	if (fq.min_ev != NULL) {
 		event_free(fq.min_ev);
 		fq.min_ev = NULL;
-		fq.min_armed = false;
+		fq.min_due = 0;
 	}
 	mergekeys_set_free(&fq.inflight_keys);
 	cellcache_shutdown();

@@ -2,12 +2,18 @@
 #ifndef GRIDD_FEED_H
 #define GRIDD_FEED_H
 
+#include <stdbool.h>
+
 #include "gridd.pb-c.h"
+#include "util.h"
 
 struct conn;
 
-/* Registers the metrics writer. */
-void feed_init(void);
+/* Makes the group-commit timer and registers the metrics writer; false
+ * when the timer cannot be made. */
+bool feed_init(void) WUR;
+/* After a reload (gridd.cfg is the new configuration). */
+void feed_config_changed(void);
 /* Answers UNAVAILABLE to every push still waiting for a transaction and
  * releases its connection. Call after db_pool_free (which ends the
  * transaction in flight) and before conn_free_all. */

@@ -131,6 +131,7 @@ reload(void)
 	/* Before old is freed: the grid compares its keys with next's. */
 	grid_config_changed(old, next);
 	session_config_changed(old, next);
+	feed_config_changed();
 	cfg_free(old);
 	log_info("event=reload outcome=ok path=%s", next->path);
 	sdnotify_ready();
@@ -321,7 +322,8 @@ main(int argc, char **argv)
 		log_fatal(1, "event=start error=\"grid setup failed\"");
 	if (!disp_init())
 		log_fatal(1, "event=start error=\"dispatch setup failed\"");
-	feed_init();
+	if (!feed_init())
+		log_fatal(1, "event=start error=\"feed setup failed\"");
 	if (!events_init())
 		log_fatal(1, "event=start error=\"events setup failed\"");
 	if (!report_init())
