@@ -236,7 +236,7 @@ static const struct key_def keys[] = {
 	    "part starts beside others only when its merges cannot meet "
 	    "theirs; one source's pushes of a task type stay in order"),
 	KC(P, "group_commit_min_items", CFG_T_INT, group_commit_min_items,
-	    "120", 0, 1000000, 0, "a transaction starts beside ingest "
+	    "0", 0, 1000000, 0, "a transaction starts beside ingest "
 	    "transactions already in flight only once this many incidents "
 	    "are queued, or once the oldest has waited "
 	    "group_commit_delay_ms: fewer, larger transactions under load, "
