@@ -300,7 +300,7 @@ static struct {
 	uint64_t busy;		/* pushes refused: queue full */
 	uint64_t late;		/* parts answered unsent: out of time */
 	uint64_t db_failures;
-	uint64_t held_min;	/* waits for group_commit_min_items */
+	uint64_t min_waits;	/* waits beside those in flight (metric) */
 	struct event *min_ev;	/* ends such a wait */
 	int64_t min_due;	/* mono_ms when it fires; 0: not pending */
 	struct size_hist batch_items;
@@ -1362,7 +1362,7 @@ feed_wait_min(const struct feed_part *pt)
 		if (evtimer_add(fq.min_ev, &tv) != 0)
 			return false;
 		if (fq.min_due == 0)
-			fq.held_min++;
+			fq.min_waits++;
 		fq.min_due = due;
 	}
 	/* A timer is pending: it calls feed_flush, so nothing is stranded
@@ -1920,7 +1920,7 @@ feed_metrics_cb(struct evbuffer *out)
 	    "Times a transaction beside those in flight waited for "
 	    "group_commit_min_items queued incidents or group_commit_delay_ms.");
 	metrics_sample(out, "gridd_push_min_waits_total", NULL,
-	    (double)fq.held_min);
+	    (double)fq.min_waits);
 	metrics_family(out, "gridd_push_db_failures_total", "counter",
 	    "Ingest transactions that did not commit.");
 	metrics_sample(out, "gridd_push_db_failures_total", NULL,
